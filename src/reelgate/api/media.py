@@ -1,0 +1,27 @@
+"""Serves stored videos behind expiring signed URLs (embedded storage only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+
+from reelgate.errors import ApiError, NotFound
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/media/{key:path}")
+async def get_media(key: str, request: Request, expires: int = 0,
+                    signature: str = "") -> FileResponse:
+    services = request.app.state.services
+    if not services.signer.verify(key, expires, signature):
+        raise ApiError(403, "This download link is invalid or has expired; read the "
+                       "prediction again for a fresh link")
+    try:
+        path = services.storage.path(key)
+    except ValueError:
+        raise NotFound("No such file") from None
+    if not path.is_file():
+        raise NotFound("No such file")
+    # FileResponse answers Range requests, so players can seek.
+    return FileResponse(path, media_type="video/mp4", filename=path.name)

@@ -1,0 +1,54 @@
+"""What every backend is: a job in, an MP4 file out, or a BackendError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Input images as fetched and checked at request time (raw encoded bytes)."""
+
+    image: bytes | None = None
+    last_image: bytes | None = None
+    images: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    model: str  # public name, e.g. "veo3.1-fast"
+    scene: str  # "text-to-video", ...
+    prompt: str
+    aspect_ratio: str = "16:9"
+    resolution: str = "720p"  # the resolution to deliver (after enable_upsample)
+    duration: int = 8
+    generate_audio: bool = True
+    enhance_prompt: bool = True
+    negative_prompt: str | None = None
+    seed: int | None = None
+    inputs: Inputs = field(default_factory=Inputs)
+
+
+class BackendError(Exception):
+    """The prediction fails with ``message`` (shown to the user as ``error``).
+
+    ``nsfw`` marks a safety block of the output; ``retryable`` says another attempt may
+    succeed (upstream quota, 5xx)."""
+
+    def __init__(self, message: str, *, nsfw: bool = False, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.nsfw = nsfw
+        self.retryable = retryable
+
+
+class Backend(Protocol):
+    name: str
+
+    async def generate(self, job: Job, workdir: Path) -> Path:
+        """Produce the video for ``job`` as an MP4 file inside ``workdir`` and return its
+        path. Raise BackendError for a failure the user should see."""
+        ...

@@ -1,0 +1,78 @@
+"""Accepting a prediction: validate → content policy → fetch and check inputs → store the row
+(status created) → dispatch. Any refusal happens before anything is stored or spent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from reelgate.backends import backend_for
+from reelgate.media.fetch import load_input_image
+from reelgate.requests import CreateRequest, validate_create
+from reelgate.services import Services
+from reelgate.store.repo import KeyRecord, Prediction, new_id
+
+
+async def _fetch_inputs(req: CreateRequest, services: Services) -> dict[str, Any]:
+    """Fetch every input image concurrently; the first refusal wins."""
+    policy = services.fetch_policy
+    named: list[tuple[str, str]] = []
+    if req.image:
+        named.append(("image", req.image))
+    if req.last_image:
+        named.append(("last_image", req.last_image))
+    named += [(f"images[{i}]", url) for i, url in enumerate(req.images)]
+    results = await asyncio.gather(
+        *(load_input_image(url, policy, field=field) for field, url in named)
+    )
+    return dict(zip((field for field, _ in named), results, strict=True))
+
+
+def _save_inputs(prediction_id: str, fetched: dict[str, bytes], inputs_dir: Path,
+                 data_dir: Path) -> dict[str, Any]:
+    """Write fetched inputs next to the data dir; the row keeps relative paths, so the worker
+    never fetches a user URL again (it may have changed or expired)."""
+    if not fetched:
+        return {}
+    folder = inputs_dir / prediction_id
+    folder.mkdir(parents=True, exist_ok=True)
+    refs: dict[str, Any] = {"images": []}
+    for field, data in fetched.items():
+        name = field.replace("[", "_").replace("]", "")
+        path = folder / name
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        rel = str(path.relative_to(data_dir))
+        if field.startswith("images["):
+            refs["images"].append(rel)
+        else:
+            refs[field] = rel
+    return refs
+
+
+async def accept(services: Services, key: KeyRecord, model: str, scene: str,
+                 body: Any) -> tuple[Prediction, CreateRequest]:
+    req = validate_create(model, scene, body)
+    services.policy.check({"prompt": req.prompt, "negative_prompt": req.negative_prompt})
+    fetched = await _fetch_inputs(req, services)
+    prediction_id = new_id()
+    settings = services.settings
+    inputs = await asyncio.to_thread(
+        _save_inputs, prediction_id, fetched, settings.inputs_dir, settings.data_dir
+    )
+    pred = await services.store.insert_prediction(
+        id=prediction_id,
+        account_id=key.account_id,
+        key_id=key.id,
+        model=req.model,
+        scene=req.scene,
+        backend=backend_for(req.model, settings),
+        params=req.params(),
+        inputs=inputs,
+    )
+    await services.dispatch(pred.id)
+    return pred, req

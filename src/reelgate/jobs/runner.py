@@ -1,0 +1,153 @@
+"""The lifecycle of one prediction on a worker: claim the row, call its backend, check and
+store the video, end the row, tell whoever waits.
+
+Every step starts from the row. A prediction that was already ended, or that another worker
+holds a live lease on, is left alone, so a duplicated dispatch costs nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+
+from reelgate.backends.base import Backend, BackendError, Inputs, Job
+from reelgate.jobs.notify import LocalNotifier
+from reelgate.media.storage import Storage
+from reelgate.media.video import InvalidVideo, check_video
+from reelgate.settings import Settings
+from reelgate.store.repo import Prediction, Store
+
+log = logging.getLogger("reelgate.jobs")
+
+# A prediction whose worker died this many times is failed instead of retried forever
+# (a request that crashes the worker every time must not take the service down with it).
+MAX_ATTEMPTS = 3
+
+INTERNAL_FAILURE = (
+    "The video could not be generated because of an internal error. You were not charged; "
+    "please try again."
+)
+
+
+def job_from_row(pred: Prediction, data_dir: Path) -> Job:
+    p = pred.params
+
+    def read(rel: str | None) -> bytes | None:
+        return (data_dir / rel).read_bytes() if rel else None
+
+    inputs = Inputs(
+        image=read(pred.inputs.get("image")),
+        last_image=read(pred.inputs.get("last_image")),
+        images=tuple(
+            data for data in (read(r) for r in pred.inputs.get("images", [])) if data is not None
+        ),
+    )
+    return Job(
+        id=pred.id,
+        model=pred.model,
+        scene=pred.scene,
+        prompt=p["prompt"],
+        aspect_ratio=p["aspect_ratio"],
+        resolution=p["output_resolution"],
+        duration=p["duration"],
+        generate_audio=p["generate_audio"],
+        enhance_prompt=p["enhance_prompt"],
+        negative_prompt=p.get("negative_prompt"),
+        seed=p.get("seed"),
+        inputs=inputs,
+    )
+
+
+def output_key(prediction_id: str) -> str:
+    return f"{prediction_id[:2]}/{prediction_id}.mp4"
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        storage: Storage,
+        backends: dict[str, Backend],
+        notifier: LocalNotifier,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.backends = backends
+        self.notifier = notifier
+
+    async def run(self, prediction_id: str, owner: str) -> None:
+        ttl = self.settings.lease_ttl_s
+        pred = await self.store.claim(prediction_id, owner, ttl)
+        if pred is None:
+            return  # ended already, or another worker holds it
+        if pred.attempts > MAX_ATTEMPTS:
+            log.error("prediction %s gave up after %d attempts", pred.id, pred.attempts - 1)
+            await self.store.fail(pred.id, owner, INTERNAL_FAILURE)
+            await self.notifier.publish(pred.id)
+            return
+        log.info("prediction %s processing on %s (attempt %d)", pred.id, pred.backend,
+                 pred.attempts)
+        renewer = asyncio.create_task(self._renew(pred.id, owner, ttl))
+        try:
+            await self._generate(pred, owner)
+        except asyncio.CancelledError:
+            # Shutting down: hand the row back so the next worker starts it at once.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release_lease(pred.id, owner))
+            raise
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        await self.notifier.publish(pred.id)
+
+    async def _generate(self, pred: Prediction, owner: str) -> None:
+        backend = self.backends.get(pred.backend)
+        if backend is None:
+            await self.store.fail(pred.id, owner, f"Backend '{pred.backend}' is not configured "
+                                  "on this server.")
+            return
+        tmp_root = self.settings.data_dir / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.TemporaryDirectory(dir=tmp_root) as workdir:
+                job = job_from_row(pred, self.settings.data_dir)
+                video = await backend.generate(job, Path(workdir))
+                info = await asyncio.to_thread(check_video, video)
+                key = output_key(pred.id)
+                await self.storage.put_file(key, video)
+        except BackendError as exc:
+            log.info("prediction %s failed: %s", pred.id, exc.message)
+            await self.store.fail(pred.id, owner, exc.message, nsfw=exc.nsfw)
+            return
+        except InvalidVideo as exc:
+            log.error("prediction %s: backend produced an invalid video: %s", pred.id, exc)
+            await self.store.fail(pred.id, owner, "The backend returned a video that could not "
+                                  "be decoded. You were not charged; please try again.")
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("prediction %s: internal error", pred.id)
+            await self.store.fail(pred.id, owner, INTERNAL_FAILURE)
+            return
+        if await self.store.complete(pred.id, owner, [key]):
+            log.info("prediction %s completed: %dx%d %.2fs %s", pred.id, info.width,
+                     info.height, info.duration_s, info.video_codec)
+        else:
+            log.warning("prediction %s: lease lost before completion", pred.id)
+
+    async def _renew(self, prediction_id: str, owner: str, ttl: float) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await self.store.renew_lease(prediction_id, owner, ttl):
+                    log.warning("prediction %s: lease lost", prediction_id)
+                    return
+            except Exception:
+                log.exception("prediction %s: lease renewal failed", prediction_id)

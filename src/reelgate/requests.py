@@ -1,0 +1,227 @@
+"""Validation of a create request against the catalog. Pure: no I/O, no settings.
+
+Types are checked by Pydantic (the same model documents the body in OpenAPI); the catalog's
+rules (allowed values, capabilities, cross-field rules) are checked here, each with a message
+that names the field and the rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reelgate import catalog
+from reelgate.errors import InvalidInput, NotFound
+
+MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**32 - 1
+
+
+class CreateBody(BaseModel):
+    """The body of ``POST /api/v3/google/{model}/{scene}``. Unknown fields are ignored, as
+    the hosted services do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(description="What the video shows; audio cues allowed.")
+    image: str | None = Field(None, description="First frame: https:// URL or data: URI.")
+    images: list[str] | None = Field(
+        None, description="1 to 3 reference images (reference-to-video only)."
+    )
+    last_image: str | None = Field(None, description="Last frame; only together with image.")
+    aspect_ratio: str | None = Field(None, description="16:9 (default) or 9:16.")
+    resolution: str | None = Field(None, description="720p (default), 1080p or 4k.")
+    duration: int | None = Field(None, description="Seconds: 4, 6 or 8 (default).")
+    enhance_prompt: bool | None = Field(None, description="Let the backend rewrite the prompt.")
+    enable_upsample: bool | None = Field(
+        None, description="Deliver the next resolution up (720p→1080p, 1080p→4k)."
+    )
+    enable_sync_mode: bool | None = Field(
+        None, description="Hold the request until the prediction ends."
+    )
+    negative_prompt: str | None = None
+    seed: int | None = None
+    generate_audio: bool | None = None
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A request that passed every rule, with defaults applied."""
+
+    model: str
+    scene: str
+    prompt: str
+    image: str | None
+    images: tuple[str, ...]
+    last_image: str | None
+    aspect_ratio: str
+    resolution: str  # as requested
+    duration: int
+    enhance_prompt: bool
+    enable_upsample: bool
+    enable_sync_mode: bool
+    negative_prompt: str | None
+    seed: int | None
+    generate_audio: bool
+
+    @property
+    def output_resolution(self) -> str:
+        if self.enable_upsample:
+            return catalog.UPSAMPLE_TO[self.resolution]
+        return self.resolution
+
+    def params(self) -> dict[str, Any]:
+        """What is stored on the row for the worker (input URLs are fetched at request time
+        and stored separately)."""
+        return {
+            "prompt": self.prompt,
+            "aspect_ratio": self.aspect_ratio,
+            "resolution": self.resolution,
+            "output_resolution": self.output_resolution,
+            "duration": self.duration,
+            "enhance_prompt": self.enhance_prompt,
+            "enable_upsample": self.enable_upsample,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+            "generate_audio": self.generate_audio,
+            "reference_count": len(self.images),
+            "has_image": self.image is not None,
+            "has_last_image": self.last_image is not None,
+        }
+
+
+def resolve_model_scene(model: str, scene: str) -> catalog.Model:
+    m = catalog.MODELS.get(model)
+    if m is None:
+        raise NotFound(f"Unknown model '{model}'. Available: {', '.join(catalog.MODELS)}")
+    if scene not in catalog.SCENES:
+        raise NotFound(f"Unknown scene '{scene}'. Available: {', '.join(catalog.SCENES)}")
+    if not m.supports(scene):
+        raise NotFound(f"Model '{model}' has no {scene} scene; it offers {', '.join(m.scenes)}")
+    return m
+
+
+def _type_error(exc: ValidationError) -> InvalidInput:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    if err["type"] == "missing":
+        return InvalidInput(loc, "is required")
+    msg = err["msg"]
+    # Pydantic says "Input should be ..."; the field name already stands in front.
+    if msg.startswith("Input "):
+        msg = msg[len("Input ") :]
+    return InvalidInput(loc, msg)
+
+
+def _blank_to_none(value: Any) -> Any:
+    # Clients often send "" or null for an unused optional field; both mean "not given".
+    if value is None or value == [] or (isinstance(value, str) and not value.strip()):
+        return None
+    return value
+
+
+def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
+    m = resolve_model_scene(model, scene)
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    cleaned = {k: v if k == "prompt" else _blank_to_none(v) for k, v in body.items()}
+    if cleaned.get("prompt") is None:
+        cleaned.pop("prompt", None)
+    try:
+        b = CreateBody.model_validate(cleaned)
+    except ValidationError as exc:
+        raise _type_error(exc) from None
+
+    prompt = b.prompt.strip()
+    if not prompt:
+        raise InvalidInput("prompt", "must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidInput("prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
+
+    aspect_ratio = b.aspect_ratio or str(catalog.DEFAULTS["aspect_ratio"])
+    if aspect_ratio not in catalog.ASPECT_RATIOS:
+        raise InvalidInput(
+            "aspect_ratio",
+            f"must be one of {', '.join(catalog.ASPECT_RATIOS)} (got {aspect_ratio!r})",
+        )
+    resolution = (b.resolution or str(catalog.DEFAULTS["resolution"])).lower()
+    if resolution not in catalog.RESOLUTIONS:
+        raise InvalidInput(
+            "resolution", f"must be one of {', '.join(catalog.RESOLUTIONS)} (got {b.resolution!r})"
+        )
+    duration = b.duration if b.duration is not None else int(catalog.DEFAULTS["duration"])  # type: ignore[call-overload]
+    if duration not in catalog.DURATIONS:
+        raise InvalidInput(
+            "duration",
+            f"must be one of {', '.join(map(str, catalog.DURATIONS))} seconds (got {duration})",
+        )
+    if resolution in catalog.FULL_LENGTH_ONLY_RESOLUTIONS and duration != catalog.FULL_LENGTH_S:
+        raise InvalidInput(
+            "resolution",
+            f"{resolution} is only available with duration {catalog.FULL_LENGTH_S} "
+            f"(got {duration})",
+        )
+
+    image, last_image = b.image, b.last_image
+    images = tuple(b.images) if b.images is not None else None
+
+    if scene == "image-to-video" and image is None:
+        raise InvalidInput("image", "is required for image-to-video")
+    if scene == "text-to-video" and image is not None:
+        raise InvalidInput("image", "is not accepted by text-to-video; use image-to-video")
+    if scene == "reference-to-video" and image is not None:
+        raise InvalidInput(
+            "image", "is not accepted by reference-to-video; pass reference images in images"
+        )
+    if last_image is not None and image is None:
+        raise InvalidInput("last_image", "is only allowed together with image")
+    if last_image is not None and duration != catalog.FULL_LENGTH_S:
+        raise InvalidInput(
+            "duration", f"must be {catalog.FULL_LENGTH_S} when last_image is given (got {duration})"
+        )
+
+    if images is not None and scene != "reference-to-video":
+        raise InvalidInput("images", "is only allowed for reference-to-video")
+    if scene == "reference-to-video":
+        if not images:
+            raise InvalidInput("images", "reference-to-video needs 1 to 3 reference images")
+        if len(images) > catalog.MAX_REFERENCE_IMAGES:
+            raise InvalidInput(
+                "images",
+                f"at most {catalog.MAX_REFERENCE_IMAGES} reference images (got {len(images)})",
+            )
+        for i, url in enumerate(images):
+            if not isinstance(url, str) or not url.strip():
+                raise InvalidInput(f"images[{i}]", "must be a non-empty URL")
+        if duration != catalog.FULL_LENGTH_S:
+            raise InvalidInput(
+                "duration",
+                f"must be {catalog.FULL_LENGTH_S} with reference images (got {duration})",
+            )
+
+    if b.seed is not None and not 0 <= b.seed <= MAX_SEED:
+        raise InvalidInput("seed", f"must be between 0 and {MAX_SEED}")
+
+    return CreateRequest(
+        model=m.name,
+        scene=scene,
+        prompt=prompt,
+        image=image,
+        images=images or (),
+        last_image=last_image,
+        aspect_ratio=aspect_ratio,
+        resolution=resolution,
+        duration=duration,
+        enhance_prompt=_default(b.enhance_prompt, "enhance_prompt"),
+        enable_upsample=_default(b.enable_upsample, "enable_upsample"),
+        enable_sync_mode=_default(b.enable_sync_mode, "enable_sync_mode"),
+        negative_prompt=(b.negative_prompt or "").strip() or None,
+        seed=b.seed,
+        generate_audio=_default(b.generate_audio, "generate_audio"),
+    )
+
+
+def _default(value: bool | None, name: str) -> bool:
+    return bool(catalog.DEFAULTS[name]) if value is None else value

@@ -1,0 +1,74 @@
+"""Wiring: build each adapter from the settings, start and stop them in order.
+
+The API process and the CLI both go through here, so there is one place that knows which
+adapter a URL selects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reelgate.backends import Backend, build_backends
+from reelgate.jobs.notify import LocalNotifier
+from reelgate.jobs.runner import Runner
+from reelgate.jobs.worker import LocalWorkers
+from reelgate.media.fetch import FetchPolicy
+from reelgate.media.storage import LocalStorage, UrlSigner
+from reelgate.policy import ContentPolicy
+from reelgate.settings import Settings
+from reelgate.store import migrate
+from reelgate.store.db import create_engine
+from reelgate.store.repo import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    storage: LocalStorage
+    signer: UrlSigner
+    notifier: LocalNotifier
+    policy: ContentPolicy
+    fetch_policy: FetchPolicy
+    backends: dict[str, Backend] = field(default_factory=dict)
+    workers: LocalWorkers | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, *, run_workers: bool = True) -> Services:
+        settings.ensure_dirs()
+        engine = create_engine(settings.resolved_database_url)
+        await migrate.upgrade(engine)
+        store = Store(engine)
+        signer = UrlSigner(settings.signing_key, settings.media_url_ttl_s)
+        storage = LocalStorage(settings.videos_dir, signer, settings.public_media_base_url)
+        notifier = LocalNotifier()
+        services = cls(
+            settings=settings,
+            store=store,
+            storage=storage,
+            signer=signer,
+            notifier=notifier,
+            policy=ContentPolicy(settings.policy_blocklist,
+                                 block_status=settings.policy_block_status),
+            fetch_policy=FetchPolicy.from_settings(settings),
+        )
+        if run_workers:
+            services.backends = build_backends(settings)
+            runner = Runner(settings=settings, store=store, storage=storage,
+                            backends=services.backends, notifier=notifier)
+            services.workers = LocalWorkers(
+                runner,
+                store,
+                concurrency=settings.worker_concurrency,
+                reconcile_interval_s=settings.reconcile_interval_s,
+            )
+            await services.workers.start()
+        return services
+
+    async def dispatch(self, prediction_id: str) -> None:
+        if self.workers is not None:
+            await self.workers.dispatch(prediction_id)
+
+    async def close(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+        await self.store.engine.dispose()

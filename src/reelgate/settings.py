@@ -1,0 +1,134 @@
+"""One settings object for the whole server.
+
+Values come from ``REELGATE_*`` environment variables, or from a settings file named by
+``REELGATE_SETTINGS_FILE`` (a ``.env``-style file of the same variables). Each adapter is
+picked by the form of its URL, so the embedded default needs no configuration at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _settings_file() -> str | None:
+    return os.environ.get("REELGATE_SETTINGS_FILE") or None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REELGATE_",
+        env_file=_settings_file(),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Path("./.reelgate")
+    # Empty means a SQLite file inside data_dir.
+    database_url: str = ""
+    # Absolute URL clients reach us at (e.g. https://video.example.com). Empty means: build
+    # URLs from the request's Host header, as the hosted services do.
+    public_base_url: str = ""
+    # Where generated videos are served from when they are not behind our signed URLs
+    # (e.g. a CDN in front of data_dir/videos). Empty means signed URLs served by the API.
+    public_media_base_url: str = ""
+    # HMAC key for signed media URLs. Empty means: generated once and kept in data_dir.
+    url_signing_key: str = ""
+    media_url_ttl_s: int = 24 * 3600
+
+    # --- jobs ------------------------------------------------------------------------------
+    worker_concurrency: int = 2
+    # A worker renews its lease while it runs; a row whose lease expired (process killed)
+    # is claimed again by any worker.
+    lease_ttl_s: float = 30.0
+    # How often idle workers look at the table for work nobody announced (restart recovery).
+    reconcile_interval_s: float = 2.0
+    # Longest a sync-mode request is held before it is answered with the object as it is.
+    sync_timeout_s: float = 300.0
+
+    # --- routing -----------------------------------------------------------------------
+    # Backend for every model unless model_backends names another for it.
+    default_backend: str = "sandbox"
+    model_backends: dict[str, str] = Field(default_factory=dict)
+
+    # --- sandbox backend ---------------------------------------------------------------
+    sandbox_latency_s: float = 0.0
+    sandbox_failure_rate: float = 0.0
+    # Render no taller than this many pixels (the short side); 0 means no cap. 4k frames
+    # cost ~9x the CPU of 720p, so small machines may cap 4k output; the README says so.
+    sandbox_max_height: int = 0
+    sandbox_fps: int = 24
+
+    # --- input fetching --------------------------------------------------------------------
+    fetch_max_bytes: int = 20 * 1024 * 1024
+    fetch_timeout_s: float = 15.0
+    fetch_max_redirects: int = 5
+    # Hosts or networks (CIDR) exempt from the private-address guard. Empty by default:
+    # it exists so tests and lab setups can serve images from loopback, on purpose.
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- content policy (the minimal blocklist; see policy.py) -----------------------
+    policy_blocklist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The hosted services answer a policy block with HTTP 400 and type "503".
+    policy_block_status: int = 400
+
+    @field_validator("fetch_allow_hosts", "policy_blocklist", mode="before")
+    @classmethod
+    def _split_list(cls, v: object) -> object:
+        # Allow "a,b,c" in an environment variable as well as JSON lists.
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [item.strip() for item in v.split(",") if item.strip()]
+        return v
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'reelgate.db').resolve()}"
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.data_dir / "videos"
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.data_dir / "inputs"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.videos_dir, self.inputs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @cached_property
+    def signing_key(self) -> bytes:
+        if self.url_signing_key:
+            return self.url_signing_key.encode()
+        # Keep a generated key on disk so URLs stay valid across restarts.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "signing.key"
+        if not path.exists():
+            # link() fails if another process won the race, so every process reads one key.
+            tmp = path.with_name(f"signing.key.{os.getpid()}.tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path.read_text().strip().encode()
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

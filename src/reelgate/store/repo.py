@@ -1,0 +1,325 @@
+"""Queries. Every state change of a prediction is one conditional UPDATE, so two workers,
+a duplicated queue message or a restarted process can never move a row twice."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, literal, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from reelgate.store.tables import (
+    COMPLETED,
+    CREATED,
+    FAILED,
+    PROCESSING,
+    UTCDateTime,
+    accounts,
+    api_keys,
+    predictions,
+    utcnow,
+)
+
+KEY_PREFIX = "rg_"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    account_id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: str
+    account_id: str
+    key_id: str
+    model: str
+    scene: str
+    backend: str
+    status: str
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+    outputs: list[str]
+    error: str
+    nsfw: bool
+    attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    upstream_ref: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (COMPLETED, FAILED)
+
+    @property
+    def execution_ms(self) -> int:
+        if self.started_at is None:
+            return 0
+        end = self.completed_at or utcnow()
+        return max(0, int((end - self.started_at).total_seconds() * 1000))
+
+
+def _prediction(row: Any) -> Prediction:
+    return Prediction(**{c: row._mapping[c] for c in Prediction.__dataclass_fields__})
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # --- accounts and keys ---------------------------------------------------------------
+
+    async def create_account(self, name: str) -> str:
+        account_id = new_id()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(accounts).values(id=account_id, name=name, created_at=utcnow())
+            )
+        return account_id
+
+    async def find_account_by_name(self, name: str) -> str | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(accounts.c.id).where(accounts.c.name == name).limit(1)
+                )
+            ).first()
+        return row[0] if row else None
+
+    async def create_key(self, account_id: str, name: str) -> tuple[str, KeyRecord]:
+        """Return the new secret (shown once, never stored) and its record."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = KeyRecord(
+            id=new_id(),
+            account_id=account_id,
+            name=name,
+            prefix=secret[:10],
+            created_at=utcnow(),
+            revoked_at=None,
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(api_keys).values(
+                    id=record.id,
+                    account_id=account_id,
+                    name=name,
+                    prefix=record.prefix,
+                    key_hash=hash_key(secret),
+                    created_at=record.created_at,
+                )
+            )
+        return secret, record
+
+    async def authenticate(self, secret: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys).where(
+                        api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None)
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return KeyRecord(
+            id=m["id"],
+            account_id=m["account_id"],
+            name=m["name"],
+            prefix=m["prefix"],
+            created_at=m["created_at"],
+            revoked_at=m["revoked_at"],
+        )
+
+    # --- predictions ---------------------------------------------------------------------
+
+    async def insert_prediction(
+        self,
+        *,
+        id: str,
+        account_id: str,
+        key_id: str,
+        model: str,
+        scene: str,
+        backend: str,
+        params: dict[str, Any],
+        inputs: dict[str, Any],
+    ) -> Prediction:
+        now = utcnow()
+        values = dict(
+            id=id,
+            account_id=account_id,
+            key_id=key_id,
+            model=model,
+            scene=scene,
+            backend=backend,
+            status=CREATED,
+            params=params,
+            inputs=inputs,
+            outputs=[],
+            error="",
+            nsfw=False,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(predictions).values(**values))
+        got = await self.get(id)
+        assert got is not None
+        return got
+
+    async def get(self, prediction_id: str, *, account_id: str | None = None) -> Prediction | None:
+        query = select(predictions).where(predictions.c.id == prediction_id)
+        if account_id is not None:
+            query = query.where(predictions.c.account_id == account_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _prediction(row) if row else None
+
+    async def claimable(self, limit: int, now: datetime | None = None) -> list[str]:
+        """Ids of rows a worker may claim: never started, or their worker's lease ran out."""
+        now = now or utcnow()
+        query = (
+            select(predictions.c.id)
+            .where(
+                or_(
+                    predictions.c.status == CREATED,
+                    and_(
+                        predictions.c.status == PROCESSING,
+                        or_(
+                            predictions.c.lease_expires_at.is_(None),
+                            predictions.c.lease_expires_at < now,
+                        ),
+                    ),
+                )
+            )
+            .order_by(predictions.c.created_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [r[0] for r in await conn.execute(query)]
+
+    async def claim(self, prediction_id: str, owner: str, ttl_s: float) -> Prediction | None:
+        """Take the lease on a row if nobody holds a live one. Returns the row, or None if
+        another worker has it or it has ended."""
+        now = utcnow()
+        claimable = or_(
+            predictions.c.status == CREATED,
+            and_(
+                predictions.c.status == PROCESSING,
+                or_(
+                    predictions.c.lease_expires_at.is_(None),
+                    predictions.c.lease_expires_at < now,
+                ),
+            ),
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(predictions)
+                .where(predictions.c.id == prediction_id, claimable)
+                .values(
+                    status=PROCESSING,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=ttl_s),
+                    attempts=predictions.c.attempts + 1,
+                    # executionTime counts from the first start, across restarts.
+                    started_at=func.coalesce(
+                        predictions.c.started_at, literal(now, type_=UTCDateTime())
+                    ),
+                    updated_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                return None
+        return await self.get(prediction_id)
+
+    async def renew_lease(self, prediction_id: str, owner: str, ttl_s: float) -> bool:
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(predictions)
+                .where(
+                    predictions.c.id == prediction_id,
+                    predictions.c.status == PROCESSING,
+                    predictions.c.lease_owner == owner,
+                )
+                .values(lease_expires_at=now + timedelta(seconds=ttl_s), updated_at=now)
+            )
+        return result.rowcount == 1
+
+    async def release_lease(self, prediction_id: str, owner: str) -> None:
+        """Hand a row back at shutdown so another worker can take it at once."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(predictions)
+                .where(
+                    predictions.c.id == prediction_id,
+                    predictions.c.status == PROCESSING,
+                    predictions.c.lease_owner == owner,
+                )
+                .values(lease_expires_at=None, lease_owner=None, updated_at=utcnow())
+            )
+
+    async def set_upstream_ref(self, prediction_id: str, owner: str, ref: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(predictions)
+                .where(predictions.c.id == prediction_id, predictions.c.lease_owner == owner)
+                .values(upstream_ref=ref, updated_at=utcnow())
+            )
+        return result.rowcount == 1
+
+    async def complete(self, prediction_id: str, owner: str, outputs: list[str]) -> bool:
+        return await self._finish(prediction_id, owner, status=COMPLETED, outputs=outputs)
+
+    async def fail(self, prediction_id: str, owner: str | None, error: str, *,
+                   nsfw: bool = False) -> bool:
+        return await self._finish(prediction_id, owner, status=FAILED, error=error, nsfw=nsfw)
+
+    async def _finish(self, prediction_id: str, owner: str | None, *, status: str,
+                      **values: Any) -> bool:
+        """End a row once. Only the lease holder may end a running row (a worker whose
+        lease expired and was taken over must not overwrite the new worker's result)."""
+        now = utcnow()
+        cond = [predictions.c.id == prediction_id]
+        if owner is None:
+            cond.append(predictions.c.status == CREATED)
+        else:
+            cond += [predictions.c.status == PROCESSING, predictions.c.lease_owner == owner]
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(predictions)
+                .where(*cond)
+                .values(
+                    status=status,
+                    completed_at=now,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    **values,
+                )
+            )
+        return result.rowcount == 1

@@ -1,0 +1,213 @@
+"""Shared fixtures: real server processes on 127.0.0.1, an image server, keys."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+# Images are served from 127.0.0.2 and only that address is allow-listed, so 127.0.0.1
+# stays a refused private address in the same server.
+IMAGE_HOST = "127.0.0.2"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``reelgate serve`` in its own process, configured through REELGATE_* variables."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "REELGATE_DATA_DIR": str(data_dir),
+            "REELGATE_FETCH_ALLOW_HOSTS": IMAGE_HOST,
+            "REELGATE_RECONCILE_INTERVAL_S": "0.5",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "server.log"
+
+    def start(self) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reelgate.cli", "serve", "--port", str(self.port),
+             "--log-level", "warning"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "reelgate.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+
+    def create_key(self, name: str = "tester") -> str:
+        out = self.cli("keys", "create", "--name", name)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def client(self, key: str | None = None, bare: bool = False) -> httpx.Client:
+        headers = {}
+        if key:
+            headers["Authorization"] = key if bare else f"Bearer {key}"
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=120)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def _start(env: dict[str, str] | None = None, data_dir: Path | None = None) -> ServerProcess:
+        server = ServerProcess(data_dir or tmp_path / f"data{len(started)}", env).start()
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the tests that do not need special settings."""
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("server"),
+        {"REELGATE_POLICY_BLOCKLIST": "forbidden thing,badword",
+         "REELGATE_SYNC_TIMEOUT_S": "120",
+         "REELGATE_FETCH_MAX_BYTES": str(2 * 1024 * 1024)},
+    ).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def key(server: ServerProcess) -> str:
+    return server.create_key("alice")
+
+
+@pytest.fixture(scope="session")
+def api(server: ServerProcess, key: str) -> Iterator[httpx.Client]:
+    with server.client(key) as c:
+        yield c
+
+
+def make_image(color: tuple[int, int, int], size: tuple[int, int] = (640, 360),
+               fmt: str = "PNG", pattern: bool = True) -> bytes:
+    """A test image: a solid color with distinctive blocks, so a frame can be matched."""
+    img = Image.new("RGB", size, color)
+    if pattern:
+        w, h = size
+        for i, c in enumerate([(255, 255, 255), (0, 0, 0), (255, 0, 255), (0, 255, 255)]):
+            x0 = (i % 2) * w // 2 + w // 8
+            y0 = (i // 2) * h // 2 + h // 8
+            img.paste(c, (x0, y0, x0 + w // 4, y0 + h // 4))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+class ImageServer:
+    """A real HTTP server on 127.0.0.2 serving images and some hostile answers."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.redirects: dict[str, str] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.end_headers()
+                    return
+                entry = server.files.get(self.path)
+                if entry is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                body, ctype = entry
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer((IMAGE_HOST, 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, path: str, body: bytes, ctype: str = "image/png") -> str:
+        self.files[path] = (body, ctype)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        return f"http://{IMAGE_HOST}:{self.port}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def images() -> Iterator[ImageServer]:
+    srv = ImageServer()
+    yield srv
+    srv.close()
+
+
+def wait_until_done(client: httpx.Client, prediction_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get(f"/api/v3/predictions/{prediction_id}/result")
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        if data["status"] in ("completed", "failed"):
+            return data
+        time.sleep(0.2)
+    raise AssertionError(f"prediction {prediction_id} did not end in {timeout}s")

@@ -17,7 +17,8 @@ def _normalise(text: str) -> str:
     # Fold accents and case so "NÜDE" and "nude" match the same entry.
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return text.casefold()
+    # Collapse whitespace so "bad   phrase" and a line break inside it still match.
+    return " ".join(text.casefold().split())
 
 
 class ContentPolicy:

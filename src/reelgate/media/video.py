@@ -8,10 +8,13 @@ the file the user gets, not at what we meant to write.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import av.error
@@ -30,6 +33,8 @@ __all__ = [
 ]
 
 AUDIO_SAMPLE_RATE = 48_000
+
+_T = TypeVar("_T")
 
 # FFmpeg names the demuxer of every ISO-BMFF flavour this way.
 _MP4_FORMAT_NAMES = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "mj2"})
@@ -202,6 +207,7 @@ def encode_mp4(
     crf: int = 23,
     preset: str = "veryfast",
     threads: int = 2,
+    prefetch: int = 0,
 ) -> None:
     """Write ``frames`` (uint8 arrays of shape (height, width, 3), RGB) as an H.264 MP4.
 
@@ -214,6 +220,10 @@ def encode_mp4(
     thread count, and a fixed count makes the same input give the same bytes on every
     machine. The file is written beside ``path`` and renamed into place when complete,
     so a crash never leaves a truncated MP4 under the final name.
+
+    With ``prefetch`` > 0 the ``frames`` iterable runs in a background thread, up to that
+    many frames ahead, so drawing the next frame overlaps encoding this one (numpy,
+    Pillow and FFmpeg all release the GIL for their heavy work).
     """
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even frame sizes, got {width}x{height}")
@@ -222,10 +232,11 @@ def encode_mp4(
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    source = _prefetched(iter(frames), prefetch) if prefetch > 0 else frames
     try:
         _encode(
             tmp,
-            frames,
+            source,
             width=width,
             height=height,
             fps=fps,
@@ -238,7 +249,49 @@ def encode_mp4(
         )
         os.replace(tmp, path)
     finally:
+        if isinstance(source, Generator):
+            source.close()  # stops the producer thread if encoding failed midway
         tmp.unlink(missing_ok=True)
+
+
+def _prefetched(items: Iterator[_T], depth: int) -> Generator[_T, None, None]:
+    """Yield what ``items`` yields, computed in a thread up to ``depth`` items ahead."""
+    slots: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(done: bool, value: object) -> bool:
+        # Time out now and then to notice a consumer that has gone away.
+        while not stop.is_set():
+            try:
+                slots.put((done, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(False, item):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            put(True, e)
+        else:
+            put(True, None)
+
+    thread = threading.Thread(target=produce, name="reelgate-frames", daemon=True)
+    thread.start()
+    try:
+        while True:
+            done, value = slots.get()
+            if done:
+                if isinstance(value, BaseException):
+                    raise value
+                return
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _encode(

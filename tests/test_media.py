@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from reelgate.media.video import VideoInfo, probe_video, read_frame
-from tests.conftest import ImageServer, make_image, wait_until_done
+from tests.conftest import ImageServer, make_image
 
 FRAME = 1 / 24
 

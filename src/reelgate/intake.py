@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from reelgate.backends import backend_for
+from reelgate.backends import backend_for, check_request
 from reelgate.media.fetch import load_input_image
 from reelgate.requests import CreateRequest, validate_create
 from reelgate.services import Services
@@ -57,10 +57,12 @@ def _save_inputs(prediction_id: str, fetched: dict[str, bytes], inputs_dir: Path
 async def accept(services: Services, key: KeyRecord, model: str, scene: str,
                  body: Any) -> tuple[Prediction, CreateRequest]:
     req = validate_create(model, scene, body)
+    settings = services.settings
+    backend = backend_for(req.model, settings)
+    check_request(backend, req, settings)
     services.policy.check({"prompt": req.prompt, "negative_prompt": req.negative_prompt})
     fetched = await _fetch_inputs(req, services)
     prediction_id = new_id()
-    settings = services.settings
     inputs = await asyncio.to_thread(
         _save_inputs, prediction_id, fetched, settings.inputs_dir, settings.data_dir
     )
@@ -70,7 +72,7 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
         key_id=key.id,
         model=req.model,
         scene=req.scene,
-        backend=backend_for(req.model, settings),
+        backend=backend,
         params=req.params(),
         inputs=inputs,
     )

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from reelgate import __version__
-from reelgate.api import errors, media, v3
+from reelgate.api import errors, media, models, v3
 from reelgate.services import Services
 from reelgate.settings import Settings
 
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(v3.router)
+    app.include_router(models.router)
     app.include_router(media.router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+
+async def _no_checkpoint(ref: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,14 @@ class Job:
     negative_prompt: str | None = None
     seed: int | None = None
     inputs: Inputs = field(default_factory=Inputs)
+    # Durable upstream work: a backend that starts a long-running upstream operation calls
+    # ``checkpoint(handle)`` BEFORE waiting on it (the handle is written to the row), and a
+    # later attempt of the same prediction finds it in ``upstream_ref`` and resumes polling
+    # instead of submitting (and paying) twice.
+    upstream_ref: str | None = None
+    checkpoint: Callable[[str], Awaitable[None]] = field(
+        default=_no_checkpoint, compare=False, repr=False
+    )
 
 
 class BackendError(Exception):

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from reelgate.backends.base import Backend, BackendError, Inputs, Job
@@ -31,7 +32,9 @@ INTERNAL_FAILURE = (
 )
 
 
-def job_from_row(pred: Prediction, data_dir: Path) -> Job:
+def job_from_row(
+    pred: Prediction, data_dir: Path, checkpoint: Callable[[str], Awaitable[None]]
+) -> Job:
     p = pred.params
 
     def read(rel: str | None) -> bytes | None:
@@ -57,6 +60,8 @@ def job_from_row(pred: Prediction, data_dir: Path) -> Job:
         negative_prompt=p.get("negative_prompt"),
         seed=p.get("seed"),
         inputs=inputs,
+        upstream_ref=pred.upstream_ref,
+        checkpoint=checkpoint,
     )
 
 
@@ -112,11 +117,17 @@ class Runner:
             await self.store.fail(pred.id, owner, f"Backend '{pred.backend}' is not configured "
                                   "on this server.")
             return
+
+        async def checkpoint(ref: str) -> None:
+            if not await self.store.set_upstream_ref(pred.id, owner, ref):
+                # Our lease was taken over: stop before waiting on work another worker owns.
+                raise BackendError("lease lost", retryable=True)
+
         tmp_root = self.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         try:
             with tempfile.TemporaryDirectory(dir=tmp_root) as workdir:
-                job = job_from_row(pred, self.settings.data_dir)
+                job = job_from_row(pred, self.settings.data_dir, checkpoint)
                 video = await backend.generate(job, Path(workdir))
                 info = await asyncio.to_thread(check_video, video)
                 key = output_key(pred.id)

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from reelgate.errors import ApiError
 from reelgate.settings import Settings
+from reelgate.store.admin import AdminStore
 
-app = typer.Typer(help="reelgate: a video-generation API server for Veo models.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="reelgate: a video-generation API server for Veo models.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+accounts_app = typer.Typer(help="Accounts, balances, ledger and usage.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(accounts_app, name="accounts")
+err = Console(stderr=True)
 
 
 def _logging(level: str) -> None:
@@ -37,36 +48,207 @@ def serve(
 
     _logging(log_level)
     settings = Settings()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
 
 
-async def _create_key(name: str, account: str | None) -> str:
+T = TypeVar("T")
+
+
+def _admin(fn: Callable[[AdminStore], Awaitable[T]]) -> T:
+    """Run one admin operation against the configured database; API errors become a
+    message on stderr and exit code 1."""
     from reelgate.services import Services
 
-    services = await Services.open(Settings(), run_workers=False)
+    async def go() -> T:
+        services = await Services.open(Settings(), run_workers=False)
+        try:
+            return await fn(AdminStore(services.store))
+        finally:
+            await services.close()
+
     try:
-        store = services.store
-        account_name = account or name
-        account_id = await store.find_account_by_name(account_name)
-        if account_id is None:
-            account_id = await store.create_account(account_name)
-        secret, _ = await store.create_key(account_id, name)
-        return secret
-    finally:
-        await services.close()
+        return asyncio.run(go())
+    except ApiError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    Console().print(table)
 
 
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Option(..., "--name", help="A name for the key."),
     account: str = typer.Option(
-        None, "--account", help="Account that owns the key (created if missing; default: NAME)."
+        None,
+        "--account",
+        help="Account (id or name) that owns the key; created if missing. "
+        "Default: an account named NAME.",
+    ),
+    models: str = typer.Option(
+        None, "--models", help="Comma-separated models the key may use (default: all)."
     ),
 ) -> None:
     """Create an API key and print it, alone, on stdout (it is not shown again)."""
-    secret = asyncio.run(_create_key(name, account))
-    typer.echo(secret)
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+
+    async def go(admin: AdminStore) -> str:
+        try:
+            account_id = await admin.resolve_account(account or name)
+        except ApiError:
+            account_id = (await admin.create_account(account or name))["id"]
+        secret, _ = await admin.create_key(account_id, name, allowed)
+        return secret
+
+    typer.echo(_admin(go))
+
+
+@keys_app.command("list")
+def keys_list(
+    account: str = typer.Option(None, "--account", help="Only this account (id or name)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List keys (their prefix only: keys are stored hashed)."""
+
+    async def go(admin: AdminStore) -> list[dict[str, Any]]:
+        return await admin.list_keys(await admin.resolve_account(account) if account else None)
+
+    _table(
+        _admin(go), ["id", "prefix", "name", "account_id", "allowed_models", "revoked_at"], as_json
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: str = typer.Argument(..., help="Key id or prefix.")) -> None:
+    """Revoke a key: it answers 401 from now on."""
+    row = _admin(lambda admin: admin.revoke_key(key))
+    err.print(f"revoked {row['prefix']} ({row['name']})")
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: str = typer.Argument(...),
+    rate_per_minute: int = typer.Option(None, help="Requests per minute per key."),
+    max_concurrent: int = typer.Option(None, help="Unfinished predictions per key."),
+) -> None:
+    """Create an account; prints its id."""
+    row = _admin(
+        lambda a: a.create_account(
+            name, rate_per_minute=rate_per_minute, max_concurrent=max_concurrent
+        )
+    )
+    typer.echo(row["id"])
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List accounts with their balances and limits."""
+    _table(
+        _admin(lambda a: a.list_accounts()),
+        ["id", "name", "balance", "rate_per_minute", "max_concurrent", "disabled"],
+        as_json,
+    )
+
+
+@accounts_app.command("credit")
+def accounts_credit(
+    account: str = typer.Argument(..., help="Account id or name."),
+    amount: str = typer.Argument(..., help="Decimal amount, e.g. 25.00; negative to debit."),
+    note: str = typer.Option("", help="Why (kept in the ledger)."),
+) -> None:
+    """Add to (or, with a negative amount, take from) an account's balance."""
+    from reelgate.api.admin import parse_money
+
+    async def go(admin: AdminStore) -> dict[str, Any]:
+        return await admin.adjust_balance(
+            await admin.resolve_account(account), parse_money(amount, None), note
+        )
+
+    typer.echo(_admin(go)["balance"])
+
+
+@accounts_app.command("set-limits")
+def accounts_set_limits(
+    account: str = typer.Argument(..., help="Account id or name."),
+    rate_per_minute: int = typer.Option(None, help="Requests per minute per key."),
+    max_concurrent: int = typer.Option(None, help="Unfinished predictions per key."),
+    disabled: bool = typer.Option(None, "--disabled/--enabled", help="Disable the account."),
+) -> None:
+    """Change an account's limits or state."""
+
+    async def go(admin: AdminStore) -> dict[str, Any]:
+        return await admin.set_limits(
+            await admin.resolve_account(account),
+            rate_per_minute=rate_per_minute,
+            max_concurrent=max_concurrent,
+            disabled=disabled,
+        )
+
+    _table(
+        [_admin(go)],
+        ["id", "name", "balance", "rate_per_minute", "max_concurrent", "disabled"],
+        False,
+    )
+
+
+@accounts_app.command("ledger")
+def accounts_ledger(
+    account: str = typer.Argument(..., help="Account id or name."),
+    since: str = typer.Option(None, "--from", help="YYYY-MM-DD"),
+    until: str = typer.Option(None, "--to", help="YYYY-MM-DD (inclusive)"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The account's ledger: credits, holds, captures, releases."""
+    from reelgate.api.admin import date_range
+
+    async def go(admin: AdminStore) -> list[dict[str, Any]]:
+        start, end = date_range(since, until)
+        return await admin.ledger(await admin.resolve_account(account), start, end)
+
+    _table(
+        _admin(go),
+        ["id", "created_at", "kind", "amount", "balance_after", "prediction_id", "note"],
+        as_json,
+    )
+
+
+@accounts_app.command("usage")
+def accounts_usage(
+    since: str = typer.Option(None, "--from", help="YYYY-MM-DD"),
+    until: str = typer.Option(None, "--to", help="YYYY-MM-DD (inclusive)"),
+    account: str = typer.Option(None, "--account", help="Only this account."),
+    csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
+) -> None:
+    """Usage per account and model for a date range."""
+    from reelgate.api.admin import date_range, to_csv
+
+    async def go(admin: AdminStore) -> list[dict[str, Any]]:
+        start, end = date_range(since, until)
+        account_id = await admin.resolve_account(account) if account else None
+        return await admin.usage(start, end, account_id)
+
+    rows = _admin(go)
+    if csv_out:
+        typer.echo(to_csv(rows), nl=False)
+    else:
+        _table(
+            rows,
+            ["account", "model", "predictions", "completed", "failed", "video_seconds", "charged"],
+            False,
+        )
 
 
 if __name__ == "__main__":

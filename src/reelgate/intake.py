@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from reelgate.backends import backend_for, check_request
+from reelgate.billing import InsufficientBalance, quote
+from reelgate.errors import ApiError
 from reelgate.media.fetch import load_input_image
+from reelgate.policy import ContentBlocked
 from reelgate.requests import CreateRequest, validate_create
 from reelgate.services import Services
 from reelgate.store.repo import KeyRecord, Prediction, new_id
@@ -57,24 +61,47 @@ def _save_inputs(prediction_id: str, fetched: dict[str, bytes], inputs_dir: Path
 async def accept(services: Services, key: KeyRecord, model: str, scene: str,
                  body: Any) -> tuple[Prediction, CreateRequest]:
     req = validate_create(model, scene, body)
+    if key.allowed_models is not None and req.model not in key.allowed_models:
+        raise ApiError(403, f"This API key may not use model '{req.model}' (allowed: "
+                       f"{', '.join(key.allowed_models) or 'none'})")
     settings = services.settings
     backend = backend_for(req.model, settings)
     check_request(backend, req, settings)
-    services.policy.check({"prompt": req.prompt, "negative_prompt": req.negative_prompt})
+    try:
+        services.policy.check({"prompt": req.prompt, "negative_prompt": req.negative_prompt})
+    except ContentBlocked as blocked:
+        await services.store.record_policy_block(
+            key=key, model=req.model, scene=req.scene, category=blocked.category,
+            field=blocked.field, text=getattr(req, blocked.field) or "",
+        )
+        raise
+    price = quote(req, backend, settings)
+    # Refuse an account that cannot pay before fetching anything (the hold itself is
+    # taken atomically with the insert below; this is only the cheap early answer).
+    available = await services.store.balance(key.account_id)
+    if price > available:
+        raise InsufficientBalance(price, available)
     fetched = await _fetch_inputs(req, services)
     prediction_id = new_id()
     inputs = await asyncio.to_thread(
         _save_inputs, prediction_id, fetched, settings.inputs_dir, settings.data_dir
     )
-    pred = await services.store.insert_prediction(
-        id=prediction_id,
-        account_id=key.account_id,
-        key_id=key.id,
-        model=req.model,
-        scene=req.scene,
-        backend=backend,
-        params=req.params(),
-        inputs=inputs,
-    )
+    try:
+        pred = await services.store.insert_prediction(
+            id=prediction_id,
+            account_id=key.account_id,
+            key_id=key.id,
+            model=req.model,
+            scene=req.scene,
+            backend=backend,
+            params=req.params(),
+            inputs=inputs,
+            price=price,
+            max_concurrent=key.max_concurrent or settings.max_concurrent,
+        )
+    except BaseException:
+        # Refused (limit, balance) or failed: nothing is stored, so keep no input files.
+        await asyncio.to_thread(shutil.rmtree, settings.inputs_dir / prediction_id, True)
+        raise
     await services.dispatch(pred.id)
     return pred, req

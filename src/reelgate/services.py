@@ -14,6 +14,7 @@ from reelgate.jobs.worker import LocalWorkers
 from reelgate.media.fetch import FetchPolicy
 from reelgate.media.storage import LocalStorage, UrlSigner
 from reelgate.policy import ContentPolicy
+from reelgate.ratelimit import RateLimiter
 from reelgate.settings import Settings
 from reelgate.store import migrate
 from reelgate.store.db import create_engine
@@ -29,6 +30,7 @@ class Services:
     notifier: LocalNotifier
     policy: ContentPolicy
     fetch_policy: FetchPolicy
+    limiter: RateLimiter
     backends: dict[str, Backend] = field(default_factory=dict)
     workers: LocalWorkers | None = None
 
@@ -47,8 +49,8 @@ class Services:
             storage=storage,
             signer=signer,
             notifier=notifier,
-            policy=ContentPolicy(settings.policy_blocklist,
-                                 block_status=settings.policy_block_status),
+            policy=ContentPolicy.from_settings(settings),
+            limiter=RateLimiter(settings.rate_limit_storage_url),
             fetch_policy=FetchPolicy.from_settings(settings),
         )
         if run_workers:

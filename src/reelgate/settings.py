@@ -75,12 +75,39 @@ class Settings(BaseSettings):
     # it exists so tests and lab setups can serve images from loopback, on purpose.
     fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    # --- content policy (the minimal blocklist; see policy.py) -----------------------
+    # --- money ---------------------------------------------------------------------------
+    # Per-second prices in micro-units by model: {"veo3.1-fast": {"720p": 150000,
+    # "720p/silent": 100000}}; anything not named costs Google's published price.
+    prices: dict[str, dict[str, int]] = Field(default_factory=dict)
+    price_markup_percent: float = 0.0
+    # Backends whose predictions cost nothing (no hold, no ledger entries).
+    free_backends: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sandbox"])
+
+    # --- limits ----------------------------------------------------------------------------
+    # Defaults for accounts that set none: requests per minute per key (moving window),
+    # and unfinished predictions per key.
+    rate_per_minute: int = 600
+    max_concurrent: int = 10
+    # Where rate-limit counters live: memory:// in one process, redis://host:port/db when
+    # several API processes share the limits.
+    rate_limit_storage_url: str = "memory://"
+
+    # --- administration ----------------------------------------------------------------
+    # Bearer token for /admin/v1; empty disables the admin API.
+    admin_token: str = ""
+
+    # --- content policy (see policy.py) ------------------------------------------------
+    # Terms of the "blocklist" category; more categories and rules come from policy_file.
     policy_blocklist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A JSON file: {"categories": {"violence": ["term", ...]}, "patterns": {"minors":
+    # ["regex", ...]}}.
+    policy_file: Path | None = None
+    # "module:callable" taking (field, text) and returning a category name or None.
+    policy_classifier: str = ""
     # The hosted services answer a policy block with HTTP 400 and type "503".
     policy_block_status: int = 400
 
-    @field_validator("fetch_allow_hosts", "policy_blocklist", mode="before")
+    @field_validator("fetch_allow_hosts", "policy_blocklist", "free_backends", mode="before")
     @classmethod
     def _split_list(cls, v: object) -> object:
         # Allow "a,b,c" in an environment variable as well as JSON lists.

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 
 from reelgate import __version__
-from reelgate.api import errors, media, models, v3
+from reelgate.api import account, admin, errors, media, models, v3
 from reelgate.services import Services
 from reelgate.settings import Settings
 
@@ -34,8 +34,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+
+    @app.middleware("http")
+    async def rate_limit_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        for name, value in getattr(request.state, "rate_headers", {}).items():
+            response.headers.setdefault(name, value)
+        return response
+
     app.include_router(v3.router)
     app.include_router(models.router)
+    app.include_router(account.router)
+    app.include_router(admin.router)
     app.include_router(media.router)
 
     @app.get("/healthz", include_in_schema=False)

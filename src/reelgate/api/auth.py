@@ -1,11 +1,13 @@
-"""The API-key dependency: both ``Authorization: Bearer <key>`` and the bare
-``Authorization: <key>`` form are accepted, as the hosted docs show both."""
+"""The API-key dependency: authentication, account state and the per-key rate limit.
+
+Both ``Authorization: Bearer <key>`` and the bare ``Authorization: <key>`` form are
+accepted, as the hosted docs show both."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from reelgate.errors import Unauthorized
+from reelgate.errors import ApiError, Unauthorized
 from reelgate.store.repo import KeyRecord
 
 
@@ -14,16 +16,29 @@ def _secret_from_header(value: str | None) -> str | None:
         return None
     value = value.strip()
     scheme, _, rest = value.partition(" ")
-    if rest and scheme.lower() == "bearer":
+    if scheme.lower() == "bearer":
         value = rest.strip()
     return value or None
 
 
 async def require_key(request: Request) -> KeyRecord:
+    services = request.app.state.services
     secret = _secret_from_header(request.headers.get("authorization"))
     if secret is None:
         raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'")
-    key = await request.app.state.services.store.authenticate(secret)
+    key: KeyRecord | None = await services.store.authenticate(secret)
     if key is None:
         raise Unauthorized("Invalid API key")
+    if key.account_disabled:
+        raise ApiError(403, "This account is disabled; contact the operator")
+    per_minute = key.rate_per_minute or services.settings.rate_per_minute
+    state = await services.limiter.hit(key.id, per_minute)
+    # Sent on every answer to this request, errors included (see app.py's middleware).
+    request.state.rate_headers = state.headers()
+    if not state.allowed:
+        raise ApiError(
+            429,
+            f"Rate limit exceeded: this key may make {per_minute} requests per minute",
+            headers=state.headers(),
+        )
     return key

@@ -7,7 +7,8 @@ every frame that it is a sandbox render, and is the same for the same request.
 
 Two prompt directives simulate the failures a client must handle:
 ``[sandbox:fail]`` fails the job, ``[sandbox:nsfw]`` blocks it as the content policy
-would. Directives are removed from the text drawn on the video.
+would. They are removed from the text drawn on the video; an unknown ``[sandbox:...]``
+is left in, so a typo shows on the video instead of silently doing nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ SANDBOX_NOTICE = "reelgate sandbox - not a real generation"
 NSFW_MESSAGE = "The output was blocked by the content policy (sandbox simulation)"
 
 _DIRECTIVE_RE = re.compile(r"\[\s*sandbox\s*:\s*([a-z_-]+)\s*\]", re.IGNORECASE)
-KNOWN_DIRECTIVES = frozenset({"fail", "nsfw"})
+DIRECTIVES = frozenset({"fail", "nsfw"})
 
 # x264's fastest preset: the sandbox is for developing clients, where a quick answer
 # matters more than a small file ("veryfast" halves the size but costs 30-50% more time).
@@ -60,10 +61,18 @@ _BACKGROUND_SHORT_SIDE = 144  # the animated field is computed this small, then 
 
 
 def parse_directives(prompt: str) -> tuple[str, frozenset[str]]:
-    """Split ``[sandbox:...]`` directives off the prompt: (clean text, directive names)."""
-    names = frozenset(m.group(1).lower() for m in _DIRECTIVE_RE.finditer(prompt))
-    text = _DIRECTIVE_RE.sub(" ", prompt)
-    return " ".join(text.split()), names
+    """Split the known ``[sandbox:...]`` directives off the prompt: (text, their names)."""
+    names: set[str] = set()
+
+    def strip(match: re.Match[str]) -> str:
+        name = match.group(1).lower()
+        if name not in DIRECTIVES:
+            return match.group(0)
+        names.add(name)
+        return " "
+
+    text = _DIRECTIVE_RE.sub(strip, prompt)
+    return " ".join(text.split()), frozenset(names)
 
 
 def output_size(resolution: str, aspect_ratio: str, max_height: int = 0) -> tuple[int, int]:
@@ -255,38 +264,36 @@ class _Background:
         aspect = width / height
         self.xs = ((np.arange(lw) + 0.5) / lw * aspect)[None, :]
         self.ys = ((np.arange(lh) + 0.5) / lh)[:, None]
-        self.aspect = aspect
 
         hue = float(rng.random())
-        k = 5
-        # Hues around one seeded base hue (a loose analogous scheme) read as one palette.
-        hues = (hue + rng.uniform(-0.18, 0.18, k)) % 1.0
+        k = 6
+        # Hues from a seeded base hue and its complement read as one palette.
+        offsets = np.array([0.0, 0.06, -0.06, 0.5, 0.44, 0.12])
+        hues = (hue + offsets + rng.uniform(-0.03, 0.03, k)) % 1.0
+        sats, vals = rng.uniform(0.5, 0.9, k), rng.uniform(0.7, 1.0, k)
         self.colors = np.array(
-            [
-                _hsv(h, s, v)
-                for h, s, v in zip(
-                    hues, rng.uniform(0.45, 0.85, k), rng.uniform(0.55, 0.95, k), strict=True
-                )
-            ]
+            [colorsys.hsv_to_rgb(*hsv) for hsv in zip(hues, sats, vals, strict=True)]
         )
-        self.base_top = np.array(_hsv((hue + 0.5) % 1.0, 0.5, 0.18))
-        self.base_bottom = np.array(_hsv(hue, 0.6, 0.35))
-        self.centers = rng.uniform(0.2, 0.8, (k, 2)) * np.array([aspect, 1.0])
-        self.amps = rng.uniform(0.12, 0.3, (k, 2)) * np.array([aspect, 1.0])
-        self.freqs = rng.uniform(0.04, 0.14, (k, 2))  # cycles per second
+        self.base_top = np.array(colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.6, 0.10))
+        self.base_bottom = np.array(colorsys.hsv_to_rgb(hue, 0.7, 0.28))
+        self.centers = rng.uniform(0.15, 0.85, (k, 2)) * np.array([aspect, 1.0])
+        self.amps = rng.uniform(0.1, 0.3, (k, 2)) * np.array([aspect, 1.0])
+        self.freqs = rng.uniform(0.05, 0.16, (k, 2))  # cycles per second
         self.phases = rng.uniform(0, 2 * math.pi, (k, 2))
-        self.radii = rng.uniform(0.16, 0.32, k)
+        self.radii = rng.uniform(0.08, 0.2, k) * max(1.0, aspect**0.5)
 
     def at(self, seconds: float) -> np.ndarray:
         angle = 2 * math.pi * self.freqs * seconds + self.phases
         cx = self.centers[:, 0] + self.amps[:, 0] * np.sin(angle[:, 0])
         cy = self.centers[:, 1] + self.amps[:, 1] * np.sin(angle[:, 1])
-        # weights[k, y, x]: a Gaussian blob per colour.
+        # weights[k, y, x]: a Gaussian blob per colour, glowing over a dark gradient.
         d2 = (self.xs[None] - cx[:, None, None]) ** 2 + (self.ys[None] - cy[:, None, None]) ** 2
         weights = np.exp(-d2 / (2 * self.radii[:, None, None] ** 2))
+        blobs = np.einsum("kyx,kc->yxc", weights, self.colors)
+        blobs /= weights.sum(axis=0)[..., None] + 1e-6
+        coverage = (1 - np.prod(1 - 0.9 * weights, axis=0))[..., None]
         base = self.base_top + (self.base_bottom - self.base_top) * self.ys[..., None]
-        colour = np.einsum("kyx,kc->yxc", weights, self.colors) + 0.35 * base
-        colour /= weights.sum(axis=0)[..., None] + 0.35
+        colour = base * (1 - coverage) + blobs * coverage
         low = (colour * 255 + 0.5).astype(np.uint8)
         # swscale scales up 3-4x faster than Pillow; on a smooth field the cheapest
         # bilinear filter looks no different.
@@ -294,10 +301,6 @@ class _Background:
             *self.size, format="rgb24", interpolation="FAST_BILINEAR"
         )
         return big.to_ndarray()
-
-
-def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
-    return colorsys.hsv_to_rgb(h, s, v)
 
 
 def _background_frames(background: _Background, frame_count: int, fps: int) -> Iterator[np.ndarray]:
@@ -412,7 +415,9 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, max_width: int, max_lines: in
 
 def _font(size: int) -> ImageFont.FreeTypeFont:
     font = ImageFont.load_default(size=size)
-    assert isinstance(font, ImageFont.FreeTypeFont)  # FreeType is a Pillow build requirement here
+    # Without FreeType, Pillow falls back to a fixed-size bitmap font that ignores size.
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        raise RuntimeError("the sandbox needs Pillow built with FreeType")
     return font
 
 
@@ -460,7 +465,7 @@ class _Overlay:
             size -= 1
         ascent, descent = font.getmetrics()
         line_h = ascent + descent
-        top_h = line_h + 2 * pad
+        top_h = min(height, line_h + 2 * pad)
         draw.rectangle((0, 0, width, top_h - 1), fill=(0, 0, 0, 150))
         badge = (pad, pad // 2, pad + badge_w, top_h - pad // 2)
         draw.rectangle(badge, fill=(255, 176, 0, 255))
@@ -485,6 +490,7 @@ class _Overlay:
         meta_h = sum(meta_font.getmetrics())
         prompt_line_h = round(sum(prompt_font.getmetrics()) * 1.1)
         bottom_h = 2 * pad + meta_h + pad // 2 + prompt_line_h * len(lines)
+        bottom_h = min(bottom_h, height - top_h)  # only matters for absurdly small frames
         y = height - bottom_h
         draw.rectangle((0, y, width, height), fill=(0, 0, 0, 140))
         draw.text((pad, y + pad), meta, font=meta_font, fill=(255, 210, 120, 255))

@@ -231,7 +231,8 @@ def encode_mp4(
         raise ValueError("frame_count must be positive")
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    # Unique per process and thread, so concurrent renders never share a temporary.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
     source = _prefetched(iter(frames), prefetch) if prefetch > 0 else frames
     try:
         _encode(

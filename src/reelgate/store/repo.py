@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import and_, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from reelgate import billing
+from reelgate.errors import ApiError
 from reelgate.store.tables import (
     COMPLETED,
     CREATED,
@@ -21,6 +23,7 @@ from reelgate.store.tables import (
     UTCDateTime,
     accounts,
     api_keys,
+    policy_blocks,
     predictions,
     utcnow,
 )
@@ -44,6 +47,21 @@ class KeyRecord:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    allowed_models: list[str] | None = None
+    # The owning account's limits (None: the server default) and state.
+    rate_per_minute: int | None = None
+    max_concurrent: int | None = None
+    account_disabled: bool = False
+
+
+class ConcurrencyLimited(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            429,
+            f"Too many unfinished predictions for this key (limit {limit}); wait for one "
+            "to end and try again",
+            headers={"Retry-After": "5"},
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class Prediction:
     started_at: datetime | None
     completed_at: datetime | None
     updated_at: datetime
+    price: int = 0
 
     @property
     def finished(self) -> bool:
@@ -108,7 +127,9 @@ class Store:
             ).first()
         return row[0] if row else None
 
-    async def create_key(self, account_id: str, name: str) -> tuple[str, KeyRecord]:
+    async def create_key(
+        self, account_id: str, name: str, allowed_models: list[str] | None = None
+    ) -> tuple[str, KeyRecord]:
         """Return the new secret (shown once, never stored) and its record."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         record = KeyRecord(
@@ -118,6 +139,7 @@ class Store:
             prefix=secret[:10],
             created_at=utcnow(),
             revoked_at=None,
+            allowed_models=allowed_models,
         )
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -128,19 +150,24 @@ class Store:
                     prefix=record.prefix,
                     key_hash=hash_key(secret),
                     created_at=record.created_at,
+                    allowed_models=allowed_models,
                 )
             )
         return secret, record
 
     async def authenticate(self, secret: str) -> KeyRecord | None:
+        query = (
+            select(
+                api_keys,
+                accounts.c.rate_per_minute,
+                accounts.c.max_concurrent,
+                accounts.c.disabled_at,
+            )
+            .join(accounts, accounts.c.id == api_keys.c.account_id)
+            .where(api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None))
+        )
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(api_keys).where(
-                        api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None)
-                    )
-                )
-            ).first()
+            row = (await conn.execute(query)).first()
         if row is None:
             return None
         m = row._mapping
@@ -151,7 +178,34 @@ class Store:
             prefix=m["prefix"],
             created_at=m["created_at"],
             revoked_at=m["revoked_at"],
+            allowed_models=m["allowed_models"],
+            rate_per_minute=m["rate_per_minute"],
+            max_concurrent=m["max_concurrent"],
+            account_disabled=m["disabled_at"] is not None,
         )
+
+    async def record_policy_block(self, *, key: KeyRecord, model: str, scene: str,
+                                  category: str, field: str, text: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(policy_blocks).values(
+                    account_id=key.account_id,
+                    key_id=key.id,
+                    model=model,
+                    scene=scene,
+                    category=category,
+                    field=field,
+                    text=text,
+                    created_at=utcnow(),
+                )
+            )
+
+    async def balance(self, account_id: str) -> int:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id))
+            ).first()
+        return int(row[0]) if row else 0
 
     # --- predictions ---------------------------------------------------------------------
 
@@ -166,7 +220,12 @@ class Store:
         backend: str,
         params: dict[str, Any],
         inputs: dict[str, Any],
+        price: int = 0,
+        max_concurrent: int | None = None,
     ) -> Prediction:
+        """Store a new prediction together with its concurrency slot and its hold, in one
+        transaction: either all three happen or none (ConcurrencyLimited or
+        InsufficientBalance is raised and nothing is stored)."""
         now = utcnow()
         values = dict(
             id=id,
@@ -182,10 +241,19 @@ class Store:
             error="",
             nsfw=False,
             attempts=0,
+            price=price,
             created_at=now,
             updated_at=now,
         )
         async with self.engine.begin() as conn:
+            slot = update(api_keys).where(api_keys.c.id == key_id)
+            if max_concurrent is not None:
+                slot = slot.where(api_keys.c.running < max_concurrent)
+            result = await conn.execute(slot.values(running=api_keys.c.running + 1))
+            if result.rowcount != 1:
+                raise ConcurrencyLimited(max_concurrent or 0)
+            await billing.hold(conn, account_id=account_id, prediction_id=id, amount=price,
+                               model=model)
             await conn.execute(insert(predictions).values(**values))
         got = await self.get(id)
         assert got is not None
@@ -310,16 +378,41 @@ class Store:
         else:
             cond += [predictions.c.status == PROCESSING, predictions.c.lease_owner == owner]
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(predictions)
-                .where(*cond)
-                .values(
-                    status=status,
-                    completed_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    **values,
+            ended = (
+                await conn.execute(
+                    update(predictions)
+                    .where(*cond)
+                    .values(
+                        status=status,
+                        completed_at=now,
+                        updated_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        **values,
+                    )
+                    .returning(
+                        predictions.c.key_id,
+                        predictions.c.account_id,
+                        predictions.c.price,
+                        predictions.c.model,
+                    )
                 )
+            ).first()
+            if ended is None:
+                return False
+            # The row ended exactly once: free its slot and settle its hold with it.
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == ended.key_id, api_keys.c.running > 0)
+                .values(running=api_keys.c.running - 1)
             )
-        return result.rowcount == 1
+            await billing.settle(
+                conn,
+                account_id=ended.account_id,
+                prediction_id=prediction_id,
+                amount=int(ended.price),
+                model=ended.model,
+                capture=status == COMPLETED,
+                note=status,
+            )
+        return True

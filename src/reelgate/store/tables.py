@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -60,6 +62,13 @@ accounts = Table(
     Column("id", String(32), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Available balance in micro-units of the operator's currency (1 USD = 1_000_000).
+    # It moves only together with a ledger entry, in the same transaction (billing.py).
+    Column("balance", BigInteger, nullable=False, server_default="0"),
+    # Per-account limits; NULL means the server's default.
+    Column("rate_per_minute", Integer, nullable=True),
+    Column("max_concurrent", Integer, nullable=True),
+    Column("disabled_at", UTCDateTime(), nullable=True),
 )
 
 api_keys = Table(
@@ -75,6 +84,11 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
+    # Public model names this key may use; NULL means all.
+    Column("allowed_models", JSON, nullable=True),
+    # Unfinished predictions of this key, kept in step with the rows in the same
+    # transactions, so the concurrency limit is one conditional UPDATE.
+    Column("running", Integer, nullable=False, server_default="0"),
 )
 
 predictions = Table(
@@ -104,8 +118,47 @@ predictions = Table(
     Column("started_at", UTCDateTime(), nullable=True),
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # Price held when accepted (micro-units); 0 for free backends.
+    Column("price", BigInteger, nullable=False, server_default="0"),
     Index("ix_predictions_account_created", "account_id", "created_at"),
     Index("ix_predictions_status_lease", "status", "lease_expires_at"),
+)
+
+# Append-only: rows are inserted, never updated or deleted. ``delta`` is the entry's effect
+# on the account's available balance; ``amount`` the money it is about (a capture moves no
+# balance, it makes a hold final). One hold, and at most one capture or release, per
+# prediction: the unique constraint makes a double capture impossible, not just unlikely.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("prediction_id", String(32), nullable=True),
+    Column("kind", String(16), nullable=False),  # credit, debit, hold, capture, release
+    Column("amount", BigInteger, nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("model", String(64), nullable=True),
+    Column("note", Text, nullable=False, server_default=""),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("prediction_id", "kind"),
+    Index("ix_ledger_account_created", "account_id", "created_at"),
+)
+
+# Every content-policy block, for the operator to review.
+policy_blocks = Table(
+    "policy_blocks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(32), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("scene", String(64), nullable=False),
+    Column("category", String(64), nullable=False),
+    Column("field", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_policy_blocks_created", "created_at"),
 )
 
 # Statuses a prediction can be in; "created" and "processing" are unfinished.

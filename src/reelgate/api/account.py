@@ -1,0 +1,37 @@
+"""What a caller may read about its own account: its balance, and the prices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from reelgate import billing
+from reelgate.api.auth import require_key
+from reelgate.store.repo import KeyRecord
+
+router = APIRouter(prefix="/api/v3")
+
+
+@router.get("/balance", summary="The caller's available balance")
+async def balance(request: Request, key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
+    micros = await request.app.state.services.store.balance(key.account_id)
+    return {
+        "code": 200,
+        "message": "success",
+        "data": {"balance": billing.format_money(micros), "balance_micros": micros},
+    }
+
+
+@router.get("/prices", summary="Price per second of video, by model and resolution")
+async def prices(request: Request, key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
+    settings = request.app.state.services.settings
+    return {
+        "code": 200,
+        "message": "success",
+        "data": {
+            "currency_unit": "micro (1/1,000,000) of the operator's currency",
+            "free_backends": settings.free_backends,
+            "prices": billing.PriceTable.from_settings(settings).table(),
+        },
+    }

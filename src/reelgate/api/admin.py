@@ -1,0 +1,195 @@
+"""The operator's API under /admin/v1, guarded by its own token (REELGATE_ADMIN_TOKEN)."""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from reelgate import billing
+from reelgate.errors import ApiError, InvalidInput, Unauthorized
+from reelgate.store.admin import AdminStore
+
+router = APIRouter(prefix="/admin/v1", tags=["admin"])
+
+
+async def require_admin(request: Request) -> AdminStore:
+    services = request.app.state.services
+    token = services.settings.admin_token
+    if not token:
+        raise ApiError(404, "The admin API is disabled (set REELGATE_ADMIN_TOKEN)")
+    header = request.headers.get("authorization", "")
+    given = header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("Invalid admin token")
+    return AdminStore(services.store)
+
+
+def parse_money(value: str | int | float | None, micros: int | None) -> int:
+    """Exact decimal money ("12.50") to micro-units; floats are refused by design."""
+    if micros is not None:
+        return micros
+    if value is None:
+        raise InvalidInput("amount", 'is required (a decimal string such as "10.00")')
+    if isinstance(value, float):
+        raise InvalidInput("amount", 'must be a decimal string such as "10.00", not a float')
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidInput("amount", f"is not a decimal number: {value!r}") from None
+    scaled = d * billing.MICROS
+    if scaled != scaled.to_integral_value():
+        raise InvalidInput("amount", "has more than 6 decimal places")
+    return int(scaled)
+
+
+def parse_day(value: str | None, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(field, "must be a date (YYYY-MM-DD) or an ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def date_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    start = parse_day(since, "from")
+    end = parse_day(until, "to")
+    # A plain date as the end means "through that day".
+    if until and len(until) == 10 and end is not None:
+        end += timedelta(days=1)
+    return start, end
+
+
+class AccountIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    rate_per_minute: int | None = None
+    max_concurrent: int | None = None
+
+
+class AccountPatch(BaseModel):
+    rate_per_minute: int | None = None
+    max_concurrent: int | None = None
+    disabled: bool | None = None
+
+
+class KeyIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    models: list[str] | None = None
+
+
+class CreditIn(BaseModel):
+    amount: str | int | float | None = None
+    amount_micros: int | None = None
+    note: str = ""
+
+
+@router.post("/accounts")
+async def create_account(body: AccountIn, admin: AdminStore = Depends(require_admin)) -> Any:
+    return await admin.create_account(
+        body.name, rate_per_minute=body.rate_per_minute, max_concurrent=body.max_concurrent
+    )
+
+
+@router.get("/accounts")
+async def list_accounts(admin: AdminStore = Depends(require_admin)) -> Any:
+    return await admin.list_accounts()
+
+
+@router.get("/accounts/{account}")
+async def get_account(account: str, admin: AdminStore = Depends(require_admin)) -> Any:
+    return await admin.get_account(await admin.resolve_account(account))
+
+
+@router.patch("/accounts/{account}")
+async def patch_account(
+    account: str, body: AccountPatch, admin: AdminStore = Depends(require_admin)
+) -> Any:
+    return await admin.set_limits(
+        await admin.resolve_account(account),
+        rate_per_minute=body.rate_per_minute,
+        max_concurrent=body.max_concurrent,
+        disabled=body.disabled,
+    )
+
+
+@router.post("/accounts/{account}/keys")
+async def create_key(account: str, body: KeyIn, admin: AdminStore = Depends(require_admin)) -> Any:
+    secret, record = await admin.create_key(
+        await admin.resolve_account(account), body.name, body.models
+    )
+    return {**record, "key": secret}
+
+
+@router.get("/accounts/{account}/keys")
+async def list_keys(account: str, admin: AdminStore = Depends(require_admin)) -> Any:
+    return await admin.list_keys(await admin.resolve_account(account))
+
+
+@router.post("/keys/{key}/revoke")
+async def revoke_key(key: str, admin: AdminStore = Depends(require_admin)) -> Any:
+    return await admin.revoke_key(key)
+
+
+@router.post("/accounts/{account}/credits")
+async def credit(account: str, body: CreditIn, admin: AdminStore = Depends(require_admin)) -> Any:
+    amount = parse_money(body.amount, body.amount_micros)
+    return await admin.adjust_balance(await admin.resolve_account(account), amount, body.note)
+
+
+@router.get("/accounts/{account}/ledger")
+async def account_ledger(
+    account: str, request: Request, admin: AdminStore = Depends(require_admin)
+) -> Any:
+    q = request.query_params
+    start, end = date_range(q.get("from"), q.get("to"))
+    return await admin.ledger(await admin.resolve_account(account), start, end)
+
+
+@router.get("/usage")
+async def usage(request: Request, admin: AdminStore = Depends(require_admin)) -> Any:
+    """Usage per account and model; ``?from=YYYY-MM-DD&to=YYYY-MM-DD&account=..&format=csv``."""
+    q = request.query_params
+    start, end = date_range(q.get("from"), q.get("to"))
+    account_id = await admin.resolve_account(q["account"]) if q.get("account") else None
+    rows = await admin.usage(start, end, account_id)
+    if q.get("format") == "csv":
+        return Response(
+            to_csv(rows),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
+        )
+    return rows
+
+
+@router.get("/policy-blocks")
+async def blocks(admin: AdminStore = Depends(require_admin)) -> Any:
+    return await admin.policy_blocks()
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    columns = [
+        "account_id",
+        "account",
+        "model",
+        "predictions",
+        "completed",
+        "failed",
+        "video_seconds",
+        "charged",
+    ]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

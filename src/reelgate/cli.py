@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from reelgate import cli_user
 from reelgate.errors import ApiError
 from reelgate.settings import Settings
 from reelgate.store.admin import AdminStore
@@ -24,6 +25,8 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 accounts_app = typer.Typer(help="Accounts, balances, ledger and usage.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")
+app.command("generate")(cli_user.generate)
+app.add_typer(cli_user.predictions_app, name="predictions")
 err = Console(stderr=True)
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from reelgate.backends import backend_for, check_request
 from reelgate.billing import InsufficientBalance, quote
-from reelgate.errors import ApiError
-from reelgate.media.fetch import load_input_image
+from reelgate.errors import ApiError, InvalidInput
+from reelgate.media.fetch import load_input_image, resolve_destination
 from reelgate.policy import ContentBlocked
 from reelgate.requests import CreateRequest, validate_create
 from reelgate.services import Services
@@ -28,9 +28,14 @@ async def _fetch_inputs(req: CreateRequest, services: Services) -> dict[str, Any
     if req.last_image:
         named.append(("last_image", req.last_image))
     named += [(f"images[{i}]", url) for i, url in enumerate(req.images)]
-    results = await asyncio.gather(
-        *(load_input_image(url, policy, field=field) for field, url in named)
-    )
+    async def load(field: str, url: str) -> bytes:
+        # Our own upload links are read from disk; anything else is fetched, guarded.
+        own = await services.uploads.resolve(url, field)
+        if own is not None:
+            return own
+        return await load_input_image(url, policy, field=field)
+
+    results = await asyncio.gather(*(load(field, url) for field, url in named))
     return dict(zip((field for field, _ in named), results, strict=True))
 
 
@@ -58,9 +63,23 @@ def _save_inputs(prediction_id: str, fetched: dict[str, bytes], inputs_dir: Path
     return refs
 
 
+async def _check_webhook(url: Any, services: Services) -> str | None:
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        raise InvalidInput("webhook", "must be a URL string")
+    # The same address guard as image fetching, now for an early 400; the sender checks
+    # again at every attempt (DNS can change in between).
+    await resolve_destination(url, services.fetch_policy, field="webhook")
+    return url.strip()
+
+
 async def accept(services: Services, key: KeyRecord, model: str, scene: str,
-                 body: Any) -> tuple[Prediction, CreateRequest]:
+                 body: Any, *, base_url: str,
+                 webhook: str | None = None) -> tuple[Prediction, CreateRequest]:
     req = validate_create(model, scene, body)
+    # WaveSpeed takes the webhook as a query parameter; a body field works too.
+    webhook = await _check_webhook(webhook or body.get("webhook"), services)
     if key.allowed_models is not None and req.model not in key.allowed_models:
         raise ApiError(403, f"This API key may not use model '{req.model}' (allowed: "
                        f"{', '.join(key.allowed_models) or 'none'})")
@@ -98,6 +117,8 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
             inputs=inputs,
             price=price,
             max_concurrent=key.max_concurrent or settings.max_concurrent,
+            webhook=webhook,
+            base_url=base_url,
         )
     except BaseException:
         # Refused (limit, balance) or failed: nothing is stored, so keep no input files.

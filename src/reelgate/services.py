@@ -5,14 +5,19 @@ adapter a URL selects."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from reelgate.backends import Backend, build_backends
 from reelgate.jobs.notify import LocalNotifier
 from reelgate.jobs.runner import Runner
+from reelgate.jobs.webhooks import WebhookSender
 from reelgate.jobs.worker import LocalWorkers
 from reelgate.media.fetch import FetchPolicy
 from reelgate.media.storage import LocalStorage, UrlSigner
+from reelgate.media.uploads import UploadLimits, Uploads
 from reelgate.policy import ContentPolicy
 from reelgate.ratelimit import RateLimiter
 from reelgate.settings import Settings
@@ -31,8 +36,11 @@ class Services:
     policy: ContentPolicy
     fetch_policy: FetchPolicy
     limiter: RateLimiter
+    uploads: Uploads
+    webhooks: WebhookSender
     backends: dict[str, Backend] = field(default_factory=dict)
     workers: LocalWorkers | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     async def open(cls, settings: Settings, *, run_workers: bool = True) -> Services:
@@ -52,6 +60,22 @@ class Services:
             policy=ContentPolicy.from_settings(settings),
             limiter=RateLimiter(settings.rate_limit_storage_url),
             fetch_policy=FetchPolicy.from_settings(settings),
+            uploads=Uploads(
+                engine,
+                settings.uploads_dir,
+                signer,
+                UploadLimits(settings.upload_max_bytes, settings.upload_ttl_s,
+                             settings.upload_quota_bytes),
+            ),
+            webhooks=WebhookSender(
+                store,
+                storage,
+                FetchPolicy.from_settings(settings),
+                public_base_url=settings.public_base_url,
+                max_attempts=settings.webhook_max_attempts,
+                retry_base_s=settings.webhook_retry_base_s,
+                timeout_s=settings.webhook_timeout_s,
+            ),
         )
         if run_workers:
             services.backends = build_backends(settings)
@@ -64,13 +88,34 @@ class Services:
                 reconcile_interval_s=settings.reconcile_interval_s,
             )
             await services.workers.start()
+            notifier.listeners.append(lambda _id: services.webhooks.wakeup.set())
+            services._tasks = [
+                asyncio.create_task(services.webhooks.run_forever(1.0), name="webhooks"),
+                asyncio.create_task(services._janitor(), name="janitor"),
+            ]
         return services
+
+    async def _janitor(self) -> None:
+        """Housekeeping that no request waits on: expired uploads."""
+        while True:
+            try:
+                await self.uploads.purge_expired()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logging.getLogger("reelgate").exception("janitor pass failed")
+            await asyncio.sleep(300)
 
     async def dispatch(self, prediction_id: str) -> None:
         if self.workers is not None:
             await self.workers.dispatch(prediction_id)
 
     async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.workers is not None:
             await self.workers.stop()
         await self.store.engine.dispose()

@@ -92,6 +92,18 @@ class Settings(BaseSettings):
     # several API processes share the limits.
     rate_limit_storage_url: str = "memory://"
 
+    # --- uploads ----------------------------------------------------------------------------
+    upload_max_bytes: int = 20 * 1024 * 1024
+    upload_ttl_s: int = 7 * 24 * 3600
+    # Bytes of not-yet-expired uploads an account may hold.
+    upload_quota_bytes: int = 1024 * 1024 * 1024
+
+    # --- webhooks --------------------------------------------------------------------------
+    # Delivery attempts, and the first retry delay (doubling each time, capped at one hour).
+    webhook_max_attempts: int = 8
+    webhook_retry_base_s: float = 10.0
+    webhook_timeout_s: float = 10.0
+
     # --- administration ----------------------------------------------------------------
     # Bearer token for /admin/v1; empty disables the admin API.
     admin_token: str = ""
@@ -131,6 +143,10 @@ class Settings(BaseSettings):
     @property
     def inputs_dir(self) -> Path:
         return self.data_dir / "inputs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
     def ensure_dirs(self) -> None:
         for d in (self.data_dir, self.videos_dir, self.inputs_dir):

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 
 from reelgate import __version__
-from reelgate.api import account, admin, errors, media, models, v3
+from reelgate.api import account, admin, errors, media, models, uploads, v3, webhooks
 from reelgate.services import Services
 from reelgate.settings import Settings
 
@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(account.router)
     app.include_router(admin.router)
+    app.include_router(uploads.router)
+    app.include_router(webhooks.router)
     app.include_router(media.router)
 
     @app.get("/healthz", include_in_schema=False)

@@ -6,16 +6,17 @@ import asyncio
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
-from reelgate import catalog, intake
+from reelgate import intake
 from reelgate.api.auth import require_key
 from reelgate.api.schemas import ERROR_RESPONSES, PredictionEnvelope
-from reelgate.errors import InvalidInput, NotFound
+from reelgate.errors import ApiError, InvalidInput, NotFound
+from reelgate.present import envelope, prediction_data
 from reelgate.requests import CreateBody, resolve_model_scene
 from reelgate.services import Services
 from reelgate.store.repo import KeyRecord, Prediction
-from reelgate.store.tables import COMPLETED, FAILED
+from reelgate.store.tables import ENDED, UNFINISHED
 
 router = APIRouter(prefix="/api/v3", responses=ERROR_RESPONSES)
 
@@ -29,35 +30,7 @@ def base_url(request: Request, services: Services) -> str:
 
 
 def render(pred: Prediction, request: Request, services: Services) -> dict[str, Any]:
-    base = base_url(request, services)
-    outputs = (
-        [services.storage.url(key, base) for key in pred.outputs]
-        if pred.status == COMPLETED
-        else []
-    )
-    if pred.status == COMPLETED:
-        nsfw = [False] * len(outputs)
-    elif pred.status == FAILED and pred.nsfw:
-        nsfw = [True]
-    else:
-        nsfw = []
-    ms = pred.execution_ms
-    return {
-        "code": 200,
-        "message": "success",
-        "data": {
-            "id": pred.id,
-            "model": f"{catalog.PROVIDER}/{pred.model}/{pred.scene}",
-            "outputs": outputs,
-            "urls": {"get": f"{base}/api/v3/predictions/{pred.id}/result"},
-            "status": pred.status,
-            "error": pred.error if pred.status == FAILED else "",
-            "executionTime": ms,
-            "timings": {"inference": ms},
-            "has_nsfw_contents": nsfw,
-            "created_at": pred.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        },
-    }
+    return envelope(prediction_data(pred, base_url(request, services), services.storage))
 
 
 async def _json_body(request: Request) -> Any:
@@ -84,19 +57,36 @@ async def _json_body(request: Request) -> Any:
     },
 )
 async def create_prediction(
-    model: str, scene: str, request: Request, key: KeyRecord = Depends(require_key)
+    model: str,
+    scene: str,
+    request: Request,
+    webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
+    key: KeyRecord = Depends(require_key),
 ) -> dict[str, Any]:
     services = services_of(request)
     resolve_model_scene(model, scene)  # an unknown route is a 404 whatever the body
     body = await _json_body(request)
-    pred, req = await intake.accept(services, key, model, scene, body)
-    if req.enable_sync_mode:
-        pred = await _wait_for_end(services, pred)
-    return render(pred, request, services)
+    pred, req = await intake.accept(services, key, model, scene, body,
+                                    base_url=base_url(request, services), webhook=webhook)
+    if not req.enable_sync_mode:
+        return render(pred, request, services)
+    pred, ended = await _wait_for_end(services, pred)
+    answer = render(pred, request, services)
+    if not ended:
+        # What WaveSpeed clients expect from a sync wait that ran out: still processing,
+        # and an error text that says so and where to read the result later.
+        data = answer["data"]
+        data["error"] = (
+            f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
+            f"prediction is still {data['status']}. Query the result later at "
+            f"{data['urls']['get']}"
+        )
+    return answer
 
 
-async def _wait_for_end(services: Services, pred: Prediction) -> Prediction:
-    """Hold a sync-mode request until the prediction ends or the ceiling passes."""
+async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Prediction, bool]:
+    """Hold a sync-mode request until the prediction ends or the ceiling passes; says
+    whether it ended."""
     async with services.notifier.subscribe(pred.id) as ended:
         try:
             async with asyncio.timeout(services.settings.sync_timeout_s):
@@ -108,7 +98,8 @@ async def _wait_for_end(services: Services, pred: Prediction) -> Prediction:
                     await ended.wait()
         except TimeoutError:
             pass
-    return await services.store.get(pred.id) or pred
+    current = await services.store.get(pred.id) or pred
+    return current, current.finished
 
 
 async def _read(prediction_id: str, request: Request, key: KeyRecord) -> dict[str, Any]:
@@ -145,3 +136,68 @@ async def get_prediction(
 EXTRA_SCHEMAS = {
     "CreateBody": CreateBody.model_json_schema(ref_template="#/components/schemas/{model}")
 }
+
+
+@router.get("/predictions", summary="List the caller's predictions")
+async def list_predictions(
+    request: Request,
+    status: str | None = Query(None, description="created, processing, completed, failed, "
+                               "cancelled"),
+    model: str | None = Query(None, description="e.g. veo3.1-fast"),
+    since: str | None = Query(None, alias="from", description="YYYY-MM-DD or ISO time"),
+    until: str | None = Query(None, alias="to", description="YYYY-MM-DD (inclusive) or ISO"),
+    page: int = Query(1, ge=1),
+    page_size: int = Query(20, ge=1, le=100),
+    key: KeyRecord = Depends(require_key),
+) -> dict[str, Any]:
+    from reelgate.api.admin import date_range
+
+    services = services_of(request)
+    if status and status not in (*UNFINISHED, *ENDED):
+        raise InvalidInput("status", f"must be one of {', '.join((*UNFINISHED, *ENDED))}")
+    if model and model.startswith("google/"):
+        model = model.split("/")[1]
+    start, end = date_range(since, until)
+    items, total = await services.store.list_predictions(
+        key.account_id, status=status, model=model, since=start, until=end, page=page,
+        page_size=page_size,
+    )
+    base = base_url(request, services)
+    return envelope({
+        "items": [prediction_data(p, base, services.storage) for p in items],
+        "page": page,
+        "page_size": page_size,
+        "total": total,
+    })
+
+
+@router.post("/predictions/{prediction_id}/cancel", response_model=PredictionEnvelope,
+             summary="Cancel a prediction that has not started")
+async def cancel_prediction(prediction_id: str, request: Request,
+                            key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
+    services = services_of(request)
+    if not await services.store.cancel(prediction_id, key.account_id):
+        pred = await services.store.get(prediction_id, account_id=key.account_id)
+        if pred is None:
+            raise NotFound(f"Prediction '{prediction_id}' not found")
+        raise ApiError(400, f"Prediction '{prediction_id}' is {pred.status}: only a "
+                       "prediction that has not started can be cancelled")
+    await services.notifier.publish(prediction_id)
+    return await _read(prediction_id, request, key)
+
+
+@router.delete("/predictions/{prediction_id}/outputs", response_model=PredictionEnvelope,
+               summary="Delete a prediction's stored videos")
+async def delete_outputs(prediction_id: str, request: Request,
+                         key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
+    services = services_of(request)
+    keys = await services.store.delete_outputs(prediction_id, key.account_id)
+    if keys is None:
+        pred = await services.store.get(prediction_id, account_id=key.account_id)
+        if pred is None:
+            raise NotFound(f"Prediction '{prediction_id}' not found")
+        raise ApiError(400, f"Prediction '{prediction_id}' is {pred.status}: outputs can be "
+                       "deleted once it has ended")
+    for storage_key in keys:
+        await services.storage.delete(storage_key)
+    return await _read(prediction_id, request, key)

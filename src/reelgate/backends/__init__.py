@@ -22,9 +22,17 @@ __all__ = [
 
 
 def build_backends(settings: Settings) -> dict[str, Backend]:
+    from reelgate.backends.google_config import load_google_settings
     from reelgate.backends.sandbox import SandboxBackend
 
-    return {"sandbox": SandboxBackend.from_settings(settings)}
+    backends: dict[str, Backend] = {"sandbox": SandboxBackend.from_settings(settings)}
+    google_settings = load_google_settings()
+    if google_settings.configured:
+        # Imported only when configured: the SDK is heavy and unused otherwise.
+        from reelgate.backends.google import GoogleBackend
+
+        backends["google"] = GoogleBackend.from_settings(settings, google_settings)
+    return backends
 
 
 def backend_for(model: str, settings: Settings) -> str:
@@ -35,5 +43,10 @@ def backend_for(model: str, settings: Settings) -> str:
 def check_request(backend: str, req: CreateRequest, settings: Settings) -> None:
     """Refuse, with InvalidInput, what the chosen backend cannot do: called at intake, before
     anything is stored or spent. Pure and configuration-based (API processes run no backend).
-    The sandbox accepts everything the catalog accepts."""
+    The sandbox accepts everything the catalog accepts; google translates the request for
+    its configured channels and models (see backends/google.py)."""
+    if backend == "google":
+        from reelgate.backends.google import check_google_request
+
+        check_google_request(req)
     return None

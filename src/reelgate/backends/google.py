@@ -28,7 +28,6 @@ from urllib.parse import quote
 
 import httpx
 
-from reelgate import catalog
 from reelgate.backends.base import BackendError, Job
 from reelgate.backends.channels import ChannelPool, ChannelState, NoChannel
 from reelgate.backends.google_config import (
@@ -73,6 +72,8 @@ _SAFETY_RE = re.compile(
     r"|content polic|prohibited content|raimediafiltered|could not be submitted",
     re.IGNORECASE,
 )
+
+_BAD_KEY_RE = re.compile(r"API_KEY_INVALID|API key not valid|API key expired", re.IGNORECASE)
 
 _IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -150,30 +151,30 @@ def _resolution_field(shape: Shape) -> str:
 
 
 def plan_for(shape: Shape, channel: ChannelConfig, gs: GoogleSettings,
-             _seen: frozenset[str] = frozenset()) -> Plan:
+             model_id: str | None = None, _tried: tuple[str, ...] = ()) -> Plan:
     """Translate ``shape`` for ``channel``, or raise InvalidInput naming the field Google
     would refuse. Operator fallbacks (gs.fallbacks, gs.fallback_models) turn some refusals
     into a documented substitute."""
     mode = channel.mode or gs.mode
-    model_id = next(iter(_seen)) if _seen else gs.model_id(shape.model, channel)
+    model_id = model_id or gs.model_id(shape.model, channel)
     caps = model_caps(model_id)
     notes: list[str] = []
 
     def refuse_or_switch(field_name: str, rule: str) -> Plan:
         alt = gs.fallback_models.get(model_id)
-        if alt and alt not in _seen and alt != model_id:
-            plan = plan_for(shape, channel, gs, frozenset({alt}) | _seen)
+        if alt and alt != model_id and alt not in _tried:
+            plan = plan_for(shape, channel, gs, alt, (*_tried, model_id))
             return Plan(**{**plan.__dict__,
                            "notes": (f"{model_id} cannot: {rule}; using {alt}",) + plan.notes})
         raise InvalidInput(field_name, rule)
 
     resolution = shape.resolution
     if resolution not in caps.resolutions:
-        rule = (f"{resolution} is not offered by {shape.model} here (Google model {model_id} "
-                f"offers {', '.join(caps.resolutions)})")
+        rule = (f"{resolution} is not offered by {shape.model} on this server (Google model "
+                f"{model_id} offers {', '.join(caps.resolutions)})")
         if shape.enable_upsample:
             rule = f"asks for {resolution}, which " + rule
-        if not gs.fallback_models.get(model_id) and "lower_resolution" in gs.fallbacks:
+        if model_id not in gs.fallback_models and "lower_resolution" in gs.fallbacks:
             resolution = caps.resolutions[-1]
             notes.append(f"resolution lowered to {resolution} ({model_id} has no "
                          f"{shape.resolution})")
@@ -181,15 +182,12 @@ def plan_for(shape: Shape, channel: ChannelConfig, gs: GoogleSettings,
             return refuse_or_switch(_resolution_field(shape), rule)
     if shape.reference_count and not caps.reference_images:
         return refuse_or_switch(
-            "images", f"reference images are not offered by {shape.model} here (Google model "
-            f"{model_id})")
+            "images", f"reference images are not offered by {shape.model} on this server "
+            f"(Google model {model_id})")
     if shape.has_last_image and not caps.last_frame:
         return refuse_or_switch(
-            "last_image", f"a last frame is not offered by {shape.model} here (Google model "
-            f"{model_id})")
-    if shape.reference_count and shape.duration != catalog.FULL_LENGTH_S:
-        raise InvalidInput("duration", f"Google takes reference images only with "
-                                       f"{catalog.FULL_LENGTH_S} s")
+            "last_image", f"a last frame is not offered by {shape.model} on this server "
+            f"(Google model {model_id})")
 
     seed = shape.seed
     generate_audio: bool | None = shape.generate_audio
@@ -342,7 +340,9 @@ def classify_error(exc: Exception) -> Upstream:
             return Upstream("quota", code, message, retry_delay(exc))
         if code >= 500:
             return Upstream("unavailable", code, message, retry_delay(exc))
-        if code in (401, 403):
+        if code in (401, 403) or (code == 400 and _BAD_KEY_RE.search(
+                f"{message} {json.dumps(exc.details, default=str)}")):
+            # The Gemini API answers a bad key with 400 API_KEY_INVALID, not 401.
             return Upstream("auth", code, message)
         if code == 404:
             return Upstream("not_found", code, message)
@@ -483,7 +483,14 @@ class GoogleBackend:
                 self.pool.release(state.name)
                 last = classify_error(exc)
                 self._after_failure(state.name, last)
-                if last.kind in ("quota", "unavailable", "auth"):
+                if last.kind == "auth":
+                    # A refused key does not recover in seconds: drop the channel for this
+                    # job and go on with the others, if any.
+                    plans.pop(state.name, None)
+                    if plans:
+                        continue
+                    break
+                if last.kind in ("quota", "unavailable"):
                     continue
                 raise self._failure(last) from None
             # The handle goes on the row before anything else can go wrong: from here on a

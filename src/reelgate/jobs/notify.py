@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
 class LocalNotifier:
     def __init__(self) -> None:
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+        # Called on every end (e.g. to wake the webhook sender at once).
+        self.listeners: list[Callable[[str], None]] = []
 
     @asynccontextmanager
     async def subscribe(self, prediction_id: str) -> AsyncIterator[asyncio.Event]:
@@ -32,3 +34,5 @@ class LocalNotifier:
     async def publish(self, prediction_id: str) -> None:
         for event in self._events.get(prediction_id, ()):
             event.set()
+        for listener in self.listeners:
+            listener(prediction_id)

@@ -418,18 +418,11 @@ async def _get_pinned(
     # httpx would) lets a hostile DNS server answer "public" to the check and "127.0.0.1" to
     # the connect (DNS rebinding). The server still sees the original Host header, and for
     # https the TLS handshake sends and verifies the original hostname (SNI), not the IP.
-    hostname = url.raw_host.decode("ascii")
-    headers = {
-        "Host": url.netloc.decode("ascii"),
-        "Accept": "image/*,*/*;q=0.5",
-        # Ask for the bytes as stored: a compressed body could inflate a thousandfold
-        # between two checks of the size cap.
-        "Accept-Encoding": "identity",
-    }
-    extensions: dict[str, str] = {}
-    if url.scheme == "https" and not _is_ip_literal(hostname):
-        extensions["sni_hostname"] = hostname
-    request_url = url.copy_with(host=str(ip))
+    request_url, headers, extensions = pinned_request(url, ip)
+    headers["Accept"] = "image/*,*/*;q=0.5"
+    # Ask for the bytes as stored: a compressed body could inflate a thousandfold between
+    # two checks of the size cap.
+    headers["Accept-Encoding"] = "identity"
 
     async with client.stream(
         "GET",
@@ -470,6 +463,30 @@ async def _get_pinned(
             if len(body) > policy.max_bytes:
                 raise _too_large(field, policy)
         return bytes(body)
+
+
+def pinned_request(
+    url: httpx.URL, ip: IPAddress
+) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
+    """The URL, headers and extensions that send a request for ``url`` to the checked
+    address ``ip``: the Host header and, for https, the TLS server name stay the original
+    hostname's."""
+    hostname = url.raw_host.decode("ascii")
+    headers = {"Host": url.netloc.decode("ascii")}
+    extensions: dict[str, str] = {}
+    if url.scheme == "https" and not _is_ip_literal(hostname):
+        extensions["sni_hostname"] = hostname
+    return url.copy_with(host=str(ip)), headers, extensions
+
+
+async def resolve_destination(
+    url: str, policy: FetchPolicy, *, field: str
+) -> tuple[httpx.URL, list[IPAddress]]:
+    """Parse a user-given ``http(s)://`` URL and resolve it, refusing (InvalidInput) any
+    that reaches a private, loopback, link-local or metadata address. For outbound calls
+    other than image fetches (webhooks), which then connect with :func:`pinned_request`."""
+    target = _parse_http_url(url.strip(), field, redirect_from=None)
+    return target, await _resolve_checked(target, policy, field, is_redirect=False)
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 class Storage(Protocol):
     async def put_file(self, key: str, src: Path) -> None: ...
     async def exists(self, key: str) -> bool: ...
+    async def delete(self, key: str) -> None: ...
     def url(self, key: str, base_url: str) -> str: ...
 
 
@@ -76,6 +77,9 @@ class LocalStorage:
 
     async def exists(self, key: str) -> bool:
         return self.path(key).is_file()
+
+    async def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
 
     def url(self, key: str, base_url: str) -> str:
         if self.public_base_url:

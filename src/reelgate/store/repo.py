@@ -16,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from reelgate import billing
 from reelgate.errors import ApiError
 from reelgate.store.tables import (
+    CANCELLED,
     COMPLETED,
     CREATED,
+    ENDED,
     FAILED,
     PROCESSING,
     UTCDateTime,
@@ -26,6 +28,7 @@ from reelgate.store.tables import (
     policy_blocks,
     predictions,
     utcnow,
+    webhook_deliveries,
 )
 
 KEY_PREFIX = "rg_"
@@ -87,10 +90,13 @@ class Prediction:
     completed_at: datetime | None
     updated_at: datetime
     price: int = 0
+    webhook: str | None = None
+    base_url: str | None = None
+    outputs_deleted_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
-        return self.status in (COMPLETED, FAILED)
+        return self.status in ENDED
 
     @property
     def execution_ms(self) -> int:
@@ -222,6 +228,8 @@ class Store:
         inputs: dict[str, Any],
         price: int = 0,
         max_concurrent: int | None = None,
+        webhook: str | None = None,
+        base_url: str | None = None,
     ) -> Prediction:
         """Store a new prediction together with its concurrency slot and its hold, in one
         transaction: either all three happen or none (ConcurrencyLimited or
@@ -242,6 +250,8 @@ class Store:
             nsfw=False,
             attempts=0,
             price=price,
+            webhook=webhook,
+            base_url=base_url,
             created_at=now,
             updated_at=now,
         )
@@ -367,12 +377,21 @@ class Store:
                    nsfw: bool = False) -> bool:
         return await self._finish(prediction_id, owner, status=FAILED, error=error, nsfw=nsfw)
 
+    async def cancel(self, prediction_id: str, account_id: str) -> bool:
+        """Cancel a prediction that no worker has started; its hold is released."""
+        return await self._finish(prediction_id, None, status=CANCELLED,
+                                  account_id=account_id,
+                                  error="Cancelled by the user before it started.")
+
     async def _finish(self, prediction_id: str, owner: str | None, *, status: str,
-                      **values: Any) -> bool:
+                      account_id: str | None = None, **values: Any) -> bool:
         """End a row once. Only the lease holder may end a running row (a worker whose
-        lease expired and was taken over must not overwrite the new worker's result)."""
+        lease expired and was taken over must not overwrite the new worker's result);
+        without an owner, only a row nobody started can be ended."""
         now = utcnow()
         cond = [predictions.c.id == prediction_id]
+        if account_id is not None:
+            cond.append(predictions.c.account_id == account_id)
         if owner is None:
             cond.append(predictions.c.status == CREATED)
         else:
@@ -395,11 +414,25 @@ class Store:
                         predictions.c.account_id,
                         predictions.c.price,
                         predictions.c.model,
+                        predictions.c.webhook,
                     )
                 )
             ).first()
             if ended is None:
                 return False
+            if ended.webhook:
+                await conn.execute(
+                    insert(webhook_deliveries).values(
+                        id=f"msg_{new_id()}",
+                        prediction_id=prediction_id,
+                        account_id=ended.account_id,
+                        url=ended.webhook,
+                        status="pending",
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                )
             # The row ended exactly once: free its slot and settle its hold with it.
             await conn.execute(
                 update(api_keys)
@@ -416,3 +449,63 @@ class Store:
                 note=status,
             )
         return True
+
+    async def list_predictions(
+        self,
+        account_id: str,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page: int = 1,
+        page_size: int = 20,
+    ) -> tuple[list[Prediction], int]:
+        """One page of an account's predictions, newest first, and the total matching."""
+        cond = [predictions.c.account_id == account_id]
+        if status:
+            cond.append(predictions.c.status == status)
+        if model:
+            cond.append(predictions.c.model == model)
+        if since:
+            cond.append(predictions.c.created_at >= since)
+        if until:
+            cond.append(predictions.c.created_at < until)
+        async with self.engine.connect() as conn:
+            total = (
+                await conn.execute(select(func.count()).select_from(predictions).where(*cond))
+            ).scalar_one()
+            rows = (
+                await conn.execute(
+                    select(predictions)
+                    .where(*cond)
+                    .order_by(predictions.c.created_at.desc(), predictions.c.id.desc())
+                    .offset((page - 1) * page_size)
+                    .limit(page_size)
+                )
+            ).all()
+        return [_prediction(r) for r in rows], int(total)
+
+    async def delete_outputs(self, prediction_id: str, account_id: str) -> list[str] | None:
+        """Forget an ended prediction's videos and return their storage keys (the caller
+        deletes the files); None if there is no such ended prediction. The row keeps its
+        history (status, money); only the files go."""
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(predictions.c.outputs).where(
+                        predictions.c.id == prediction_id,
+                        predictions.c.account_id == account_id,
+                        predictions.c.status.in_(ENDED),
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            now = utcnow()
+            await conn.execute(
+                update(predictions)
+                .where(predictions.c.id == prediction_id)
+                .values(outputs=[], outputs_deleted_at=now, updated_at=now)
+            )
+        return list(row[0] or [])

@@ -69,6 +69,8 @@ accounts = Table(
     Column("rate_per_minute", Integer, nullable=True),
     Column("max_concurrent", Integer, nullable=True),
     Column("disabled_at", UTCDateTime(), nullable=True),
+    # Standard Webhooks signing secret ("whsec_..."), made on first use.
+    Column("webhook_secret", String(100), nullable=True),
 )
 
 api_keys = Table(
@@ -120,6 +122,10 @@ predictions = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     # Price held when accepted (micro-units); 0 for free backends.
     Column("price", BigInteger, nullable=False, server_default="0"),
+    # Where to POST the prediction when it ends, and the base URL its links are built on.
+    Column("webhook", Text, nullable=True),
+    Column("base_url", Text, nullable=True),
+    Column("outputs_deleted_at", UTCDateTime(), nullable=True),
     Index("ix_predictions_account_created", "account_id", "created_at"),
     Index("ix_predictions_status_lease", "status", "lease_expires_at"),
 )
@@ -161,9 +167,46 @@ policy_blocks = Table(
     Index("ix_policy_blocks_created", "created_at"),
 )
 
+# Files users upload for image inputs (WaveSpeed's upload flow).
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("account_id", String(32), ForeignKey("accounts.id"), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(100), nullable=False),
+    Column("size", BigInteger, nullable=False),  # declared; the PUT must match it
+    Column("status", String(16), nullable=False),  # pending, ready
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index("ix_uploads_account_expires", "account_id", "expires_at"),
+)
+
+# One row per webhook message: written in the transaction that ends the prediction, so a
+# crash between the end and the POST loses nothing; delivered at least once.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the webhook-id header ("msg_...")
+    Column("prediction_id", String(32), nullable=False, index=True),
+    Column("account_id", String(32), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=False, server_default=""),
+    Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+)
+
 # Statuses a prediction can be in; "created" and "processing" are unfinished.
 CREATED = "created"
 PROCESSING = "processing"
 COMPLETED = "completed"
 FAILED = "failed"
+CANCELLED = "cancelled"
 UNFINISHED = (CREATED, PROCESSING)
+ENDED = (COMPLETED, FAILED, CANCELLED)

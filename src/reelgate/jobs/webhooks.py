@@ -1,0 +1,302 @@
+"""Webhook delivery: at least once, signed with the Standard Webhooks scheme, retried with
+exponential backoff, never to a private address.
+
+A delivery row is written in the same transaction that ends the prediction (store/repo.py),
+so nothing is lost between the end and the POST. A sender claims due rows with a short
+lease; a crash mid-POST means the row is picked up again (the receiver may see a message
+twice and dedupes on ``webhook-id``, which is what the scheme's id is for)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from standardwebhooks import Webhook
+
+from reelgate.errors import InvalidInput
+from reelgate.media.fetch import FetchPolicy, pinned_request, resolve_destination
+from reelgate.media.storage import Storage
+from reelgate.present import prediction_data
+from reelgate.store.repo import Store
+from reelgate.store.tables import accounts, utcnow, webhook_deliveries
+
+log = logging.getLogger("reelgate.webhooks")
+
+CLAIM_S = 120
+MAX_DELAY_S = 3600
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+async def account_secret(engine: AsyncEngine, account_id: str) -> str:
+    """The account's signing secret, made on first use (the conditional UPDATE makes two
+    concurrent first uses agree on one secret)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(accounts)
+            .where(accounts.c.id == account_id, accounts.c.webhook_secret.is_(None))
+            .values(webhook_secret=new_secret())
+        )
+        row = (
+            await conn.execute(select(accounts.c.webhook_secret).where(accounts.c.id == account_id))
+        ).first()
+    assert row is not None
+    return str(row[0])
+
+
+def retry_delay(attempts: int, base_s: float) -> float:
+    return float(min(MAX_DELAY_S, base_s * 2 ** max(0, attempts - 1)))
+
+
+def delivery_view(row: Any) -> dict[str, Any]:
+    m = row._mapping
+
+    def iso(v: datetime | None) -> str | None:
+        return v.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if v else None
+
+    return {
+        "id": m["id"],
+        "prediction_id": m["prediction_id"],
+        "url": m["url"],
+        "status": m["status"],
+        "attempts": m["attempts"],
+        "last_status_code": m["last_status_code"],
+        "last_error": m["last_error"],
+        "next_attempt_at": iso(m["next_attempt_at"]) if m["status"] == "pending" else None,
+        "created_at": iso(m["created_at"]),
+        "delivered_at": iso(m["delivered_at"]),
+    }
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        store: Store,
+        storage: Storage,
+        policy: FetchPolicy,
+        *,
+        public_base_url: str,
+        max_attempts: int,
+        retry_base_s: float,
+        timeout_s: float,
+    ) -> None:
+        self.store = store
+        self.engine = store.engine
+        self.storage = storage
+        self.policy = policy
+        self.public_base_url = public_base_url
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self.timeout_s = timeout_s
+        self.wakeup = asyncio.Event()
+
+    async def run_forever(self, interval_s: float) -> None:
+        while True:
+            try:
+                while await self.deliver_due() > 0:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook pass failed")
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), interval_s)
+            except TimeoutError:
+                pass
+
+    async def deliver_due(self, limit: int = 50) -> int:
+        now = utcnow()
+        async with self.engine.connect() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(webhook_deliveries.c.id)
+                    .where(
+                        webhook_deliveries.c.status == "pending",
+                        webhook_deliveries.c.next_attempt_at <= now,
+                        or_(
+                            webhook_deliveries.c.lease_expires_at.is_(None),
+                            webhook_deliveries.c.lease_expires_at < now,
+                        ),
+                    )
+                    .order_by(webhook_deliveries.c.next_attempt_at)
+                    .limit(limit)
+                )
+            ]
+        claimed = [i for i in ids if await self._claim(i)]
+        await asyncio.gather(*(self._deliver(i) for i in claimed))
+        return len(claimed)
+
+    async def _claim(self, delivery_id: str) -> bool:
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(webhook_deliveries)
+                .where(
+                    webhook_deliveries.c.id == delivery_id,
+                    webhook_deliveries.c.status == "pending",
+                    or_(
+                        webhook_deliveries.c.lease_expires_at.is_(None),
+                        webhook_deliveries.c.lease_expires_at < now,
+                    ),
+                )
+                .values(lease_expires_at=now + timedelta(seconds=CLAIM_S))
+            )
+        return result.rowcount == 1
+
+    async def _deliver(self, delivery_id: str) -> None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
+                )
+            ).first()
+        if row is None:
+            return
+        pred = await self.store.get(row.prediction_id)
+        if pred is None:
+            await self._record(
+                delivery_id, row.attempts, ok=False, final=True, error="prediction no longer exists"
+            )
+            return
+        base = self.public_base_url or pred.base_url or ""
+        body = json.dumps(prediction_data(pred, base, self.storage), separators=(",", ":"))
+        secret = await account_secret(self.engine, pred.account_id)
+        status_code: int | None = None
+        error = ""
+        try:
+            status_code = await self._post(row.url, delivery_id, body, secret)
+            ok = 200 <= status_code < 300
+            if not ok:
+                error = f"the receiver answered HTTP {status_code}"
+        except InvalidInput as exc:
+            ok, error = False, exc.rule
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            ok, error = False, f"{type(exc).__name__}: {exc}"[:500]
+        attempts = row.attempts + 1
+        final = ok or attempts >= self.max_attempts
+        log.info(
+            "webhook %s for %s attempt %d: %s",
+            delivery_id,
+            pred.id,
+            attempts,
+            "delivered" if ok else error,
+        )
+        await self._record(
+            delivery_id, attempts, ok=ok, final=final, error=error, status_code=status_code
+        )
+
+    async def _post(self, url: str, msg_id: str, body: str, secret: str) -> int:
+        # The same guard as image fetching, at every attempt: DNS may have changed.
+        target, addresses = await resolve_destination(url, self.policy, field="webhook")
+        now = utcnow()
+        signature = Webhook(secret).sign(msg_id, now, body)
+        request_url, headers, extensions = pinned_request(target, addresses[0])
+        headers.update(
+            {
+                "Content-Type": "application/json",
+                "User-Agent": "reelgate-webhooks/1",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": signature,
+            }
+        )
+        async with httpx.AsyncClient(
+            trust_env=False, follow_redirects=False, timeout=self.timeout_s
+        ) as client:
+            response = await client.post(
+                request_url, content=body.encode(), headers=headers, extensions=extensions
+            )
+        return response.status_code
+
+    async def _record(
+        self,
+        delivery_id: str,
+        attempts: int,
+        *,
+        ok: bool,
+        final: bool,
+        error: str,
+        status_code: int | None = None,
+    ) -> None:
+        now = utcnow()
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_status_code": status_code,
+            "last_error": error,
+            "lease_expires_at": None,
+        }
+        if ok:
+            values.update(status="delivered", delivered_at=now, next_attempt_at=None)
+        elif final:
+            values.update(status="failed", next_attempt_at=None)
+        else:
+            values["next_attempt_at"] = now + timedelta(
+                seconds=retry_delay(attempts, self.retry_base_s)
+            )
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(webhook_deliveries)
+                .where(webhook_deliveries.c.id == delivery_id)
+                .values(**values)
+            )
+
+    # --- for the API -----------------------------------------------------------------------
+
+    async def list(
+        self,
+        account_id: str,
+        prediction_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        cond = [webhook_deliveries.c.account_id == account_id]
+        if prediction_id:
+            cond.append(webhook_deliveries.c.prediction_id == prediction_id)
+        if status:
+            cond.append(webhook_deliveries.c.status == status)
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(webhook_deliveries)
+                    .where(and_(*cond))
+                    .order_by(webhook_deliveries.c.created_at.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [delivery_view(r) for r in rows]
+
+    async def retry(self, account_id: str, delivery_id: str) -> dict[str, Any] | None:
+        """Send a delivery again now, with a fresh series of attempts."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(webhook_deliveries)
+                .where(
+                    webhook_deliveries.c.id == delivery_id,
+                    webhook_deliveries.c.account_id == account_id,
+                )
+                .values(
+                    status="pending", attempts=0, next_attempt_at=utcnow(), lease_expires_at=None
+                )
+            )
+            row = (
+                await conn.execute(
+                    select(webhook_deliveries).where(
+                        webhook_deliveries.c.id == delivery_id,
+                        webhook_deliveries.c.account_id == account_id,
+                    )
+                )
+            ).first()
+        self.wakeup.set()
+        return delivery_view(row) if row else None

@@ -1,0 +1,270 @@
+"""User uploads for image inputs: WaveSpeed's two-step flow (ask for a ticket, PUT the bytes)
+and a one-step binary upload, with size and type limits, a per-account quota and expiry.
+
+An upload's ``download_url`` is a signed link to this server. When such a link comes back as
+an ``image``/``images[]``/``last_image``, intake reads the file from disk instead of fetching
+it over HTTP (the fetcher would rightly refuse our own, possibly private, address)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from reelgate.errors import ApiError, InvalidInput
+from reelgate.media.images import check_image
+from reelgate.media.storage import UrlSigner
+from reelgate.store.repo import new_id
+from reelgate.store.tables import uploads, utcnow
+
+# What an upload may be: the image types the fetcher and the backends accept.
+CONTENT_TYPES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "image/bmp": ".bmp",
+}
+_EXTENSIONS = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+}
+PUT_TTL_S = 3600
+_DOWNLOAD_PATH = re.compile(r"^/media/uploads/([0-9a-f]{32})/[^/]+$")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int
+    ttl_s: int
+    quota_bytes: int
+
+
+def _safe_filename(name: str) -> str:
+    base = os.path.basename(name.replace("\\", "/")).strip() or "upload"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base)[:120]
+
+
+def content_type_for(filename: str, declared: str | None) -> str:
+    ctype = (declared or "").split(";")[0].strip().lower()
+    if not ctype or ctype == "application/octet-stream":
+        ctype = _EXTENSIONS.get(Path(filename).suffix.lower(), "")
+    if ctype not in CONTENT_TYPES:
+        raise InvalidInput(
+            "content_type",
+            f"must be one of {', '.join(CONTENT_TYPES)} (got {ctype or 'unknown'!r})",
+        )
+    return ctype
+
+
+class Uploads:
+    def __init__(
+        self, engine: AsyncEngine, root: Path, signer: UrlSigner, limits: UploadLimits
+    ) -> None:
+        self.engine = engine
+        self.root = root
+        self.signer = signer
+        self.limits = limits
+
+    def path(self, upload_id: str) -> Path:
+        return self.root / upload_id
+
+    # --- URLs ------------------------------------------------------------------------------
+
+    def put_url(self, upload_id: str, base_url: str) -> str:
+        expires = int(utcnow().timestamp()) + PUT_TTL_S
+        sig = self.signer.signature(f"upload-put/{upload_id}", expires)
+        return (
+            f"{base_url}/api/v3/media/uploads/{upload_id}?"
+            f"{urlencode({'expires': expires, 'signature': sig})}"
+        )
+
+    def download_url(
+        self, upload_id: str, filename: str, expires_at: datetime, base_url: str
+    ) -> str:
+        expires = int(expires_at.timestamp())
+        sig = self.signer.signature(f"uploads/{upload_id}", expires)
+        return (
+            f"{base_url}/media/uploads/{upload_id}/{quote(filename)}?"
+            f"{urlencode({'expires': expires, 'signature': sig})}"
+        )
+
+    def verify_put(self, upload_id: str, expires: int, signature: str) -> bool:
+        return self.signer.verify(f"upload-put/{upload_id}", expires, signature)
+
+    def verify_download(self, upload_id: str, expires: int, signature: str) -> bool:
+        return self.signer.verify(f"uploads/{upload_id}", expires, signature)
+
+    # --- the flow --------------------------------------------------------------------------
+
+    async def _check_quota(self, account_id: str, size: int) -> None:
+        async with self.engine.connect() as conn:
+            used = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(uploads.c.size), 0)).where(
+                        uploads.c.account_id == account_id, uploads.c.expires_at > utcnow()
+                    )
+                )
+            ).scalar_one()
+        if int(used) + size > self.limits.quota_bytes:
+            raise ApiError(
+                403,
+                f"Upload quota exceeded: {int(used)} of {self.limits.quota_bytes} bytes in use "
+                "by uploads that have not expired yet",
+            )
+
+    def _check_size(self, size: int) -> None:
+        if size <= 0:
+            raise InvalidInput("size", "must be a positive number of bytes")
+        if size > self.limits.max_bytes:
+            raise InvalidInput(
+                "size", f"must be at most {self.limits.max_bytes} bytes (got {size})"
+            )
+
+    async def create_ticket(
+        self, account_id: str, filename: str, size: int, content_type: str | None
+    ) -> dict[str, Any]:
+        filename = _safe_filename(filename)
+        ctype = content_type_for(filename, content_type)
+        self._check_size(size)
+        await self._check_quota(account_id, size)
+        upload_id = new_id()
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(uploads).values(
+                    id=upload_id,
+                    account_id=account_id,
+                    filename=filename,
+                    content_type=ctype,
+                    size=size,
+                    status="pending",
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=self.limits.ttl_s),
+                )
+            )
+        return await self.get(upload_id)  # type: ignore[return-value]
+
+    async def get(self, upload_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(uploads).where(uploads.c.id == upload_id))).first()
+        return dict(row._mapping) if row else None
+
+    async def receive(self, upload_id: str, chunks: Any) -> dict[str, Any]:
+        """Store the PUT body of a pending upload: exactly the declared size, an image."""
+        record = await self.get(upload_id)
+        if record is None or record["expires_at"] <= utcnow():
+            raise ApiError(404, "Upload not found or expired")
+        if record["status"] != "pending":
+            raise ApiError(400, "This upload already has its file")
+        body = bytearray()
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > record["size"]:
+                raise InvalidInput(
+                    "body", f"is larger than the declared size ({record['size']} bytes)"
+                )
+        if len(body) != record["size"]:
+            raise InvalidInput(
+                "body", f"has {len(body)} bytes but the upload declared {record['size']}"
+            )
+        await self._store(upload_id, bytes(body))
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(uploads).where(uploads.c.id == upload_id).values(status="ready")
+            )
+        return record
+
+    async def create_ready(
+        self, account_id: str, filename: str, content_type: str | None, data: bytes
+    ) -> dict[str, Any]:
+        """The one-step upload: the bytes come with the request."""
+        filename = _safe_filename(filename)
+        ctype = content_type_for(filename, content_type)
+        self._check_size(len(data))
+        await self._check_quota(account_id, len(data))
+        upload_id = new_id()
+        await self._store(upload_id, data, field="file")
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(uploads).values(
+                    id=upload_id,
+                    account_id=account_id,
+                    filename=filename,
+                    content_type=ctype,
+                    size=len(data),
+                    status="ready",
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=self.limits.ttl_s),
+                )
+            )
+        return await self.get(upload_id)  # type: ignore[return-value]
+
+    async def _store(self, upload_id: str, data: bytes, field: str = "body") -> None:
+        await asyncio.to_thread(check_image, data, field=field)
+
+        def write() -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.path(upload_id).with_suffix(".part")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(upload_id))
+
+        await asyncio.to_thread(write)
+
+    async def resolve(self, url: str, field: str) -> bytes | None:
+        """The bytes of one of our own upload links, or None if ``url`` is not one."""
+        parts = urlsplit(url.strip())
+        match = _DOWNLOAD_PATH.match(parts.path)
+        if parts.scheme not in ("http", "https") or match is None:
+            return None
+        upload_id = match.group(1)
+        q = parse_qs(parts.query)
+        try:
+            expires = int(q["expires"][0])
+            signature = q["signature"][0]
+        except (KeyError, ValueError, IndexError):
+            return None  # not signed by us: treat it as any other URL
+        if not self.verify_download(upload_id, expires, signature):
+            raise InvalidInput(
+                field, "the upload link is invalid or has expired; upload the file again"
+            )
+        record = await self.get(upload_id)
+        if record is None or record["status"] != "ready" or record["expires_at"] <= utcnow():
+            raise InvalidInput(
+                field,
+                "the uploaded file is not available (never completed or expired); upload it again",
+            )
+        return await asyncio.to_thread(self.path(upload_id).read_bytes)
+
+    async def purge_expired(self) -> int:
+        """Delete expired uploads' files and rows; returns how many went."""
+        now = utcnow()
+        async with self.engine.connect() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(uploads.c.id).where(uploads.c.expires_at <= now).limit(500)
+                )
+            ]
+        for upload_id in ids:
+            self.path(upload_id).unlink(missing_ok=True)
+        if ids:
+            async with self.engine.begin() as conn:
+                await conn.execute(uploads.delete().where(uploads.c.id.in_(ids)))
+        return len(ids)

@@ -134,6 +134,7 @@ class FakeGoogle:
         with self.lock:
             self.requests.clear()
             self.faults.clear()
+            self.ops.clear()
             self.hold = False
 
     def calls(self, route: str | None = None, *, key: str | None = None) -> list[Recorded]:

@@ -75,8 +75,9 @@ predictions_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# highlight=False: Rich would otherwise colour numbers and paths inside our messages.
-_err = Console(stderr=True, highlight=False)
+# highlight=False: Rich would otherwise colour numbers and paths inside our messages;
+# soft_wrap: a message is never hard-wrapped at 80 columns when stderr is a log file.
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _URL_HELP = ("Server URL. Default: $REELGATE_BASE_URL, then base_url in the config file, "
              "then http://127.0.0.1:8000.")
@@ -126,11 +127,10 @@ def _handled(cfg: ClientConfig) -> Iterator[None]:
         what = "invalid API key" if "invalid" in exc.message.lower() else exc.message
         _fail(EXIT_AUTH, f"{what} ({exc.status}). {_key_hint(cfg)}")
     except ContentPolicyError as exc:
-        _fail(EXIT_REFUSED, f"blocked by the content policy ({exc.status}): {exc.message}. "
-              "Rephrase the prompt or change the input.")
+        _fail(EXIT_REFUSED, f"blocked by the content policy ({exc.status}): {exc.message}")
     except RateLimitError as exc:
         wait = f" Retry in {exc.retry_after:g} s." if exc.retry_after is not None else ""
-        _fail(EXIT_REFUSED, f"rate limited ({exc.status}): {exc.message}.{wait}")
+        _fail(EXIT_REFUSED, f"rate limited ({exc.status}): {exc.message.rstrip('.')}.{wait}")
     except PermissionDeniedError as exc:
         _fail(EXIT_REFUSED, f"refused ({exc.status}): {exc.message}")
     except NotFoundError as exc:
@@ -147,7 +147,7 @@ def _handled(cfg: ClientConfig) -> Iterator[None]:
               f"{exc.timeout:g} s. It goes on: check it with `reelgate predictions get "
               f"{pred.id}`, then `reelgate predictions download {pred.id}`.")
     except APIConnectionError as exc:
-        _fail(EXIT_OTHER, f"{exc.message}. Check --url or REELGATE_BASE_URL "
+        _fail(EXIT_OTHER, f"{exc.message.rstrip('.')}. Check --url or REELGATE_BASE_URL "
               f"(now {cfg.base_url}).")
     except ServerError as exc:
         _fail(EXIT_OTHER, f"server error ({exc.status}): {exc.message}")
@@ -254,8 +254,10 @@ def generate(
     url: str = _url_option(),
     key: str = _key_option(),
 ) -> None:
-    """Generate a video: upload local images, create the prediction, wait with a progress
-    display, download the video and print its path on stdout."""
+    """Generate a video and save it; prints the file's path.
+
+    Uploads local image files, creates the prediction, shows its progress while waiting,
+    downloads the video and prints its path on stdout."""
     cfg = _config(url, key)
     refs = list(ref or [])
     # Check local files before anything is sent, so a typo costs no request.

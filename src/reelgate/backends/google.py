@@ -360,16 +360,28 @@ def classify_error(exc: Exception) -> Upstream:
 
 
 def load_credentials(channel: ChannelConfig) -> Any:
-    """Google Cloud credentials for a Vertex project channel: the service-account (or other)
-    JSON file named by credentials_file, else Application Default Credentials."""
+    """Google Cloud credentials for a Vertex project channel: the service-account (or
+    authorized-user) JSON file named by credentials_file, else Application Default
+    Credentials. Each file type is loaded by its own loader, as google-auth recommends for
+    files that name their type."""
     import google.auth
 
-    if channel.credentials_file:
-        creds, _ = google.auth.load_credentials_from_file(channel.credentials_file,
-                                                          scopes=[_CLOUD_SCOPE])
-    else:
+    path = channel.credentials_file
+    if not path:
         creds, _ = google.auth.default(scopes=[_CLOUD_SCOPE])
-    return creds
+        return creds
+    kind = json.loads(Path(path).read_text()).get("type")
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_file(path, scopes=[_CLOUD_SCOPE])
+    if kind == "authorized_user":
+        from google.oauth2 import credentials
+
+        return credentials.Credentials.from_authorized_user_file(path, scopes=[_CLOUD_SCOPE])
+    raise ValueError(f"{path}: credentials of type {kind!r} are not supported here; use a "
+                     "service-account key file, or leave credentials_file empty for "
+                     "Application Default Credentials")
 
 
 def make_client(channel: ChannelConfig, gs: GoogleSettings,

@@ -232,9 +232,8 @@ def test_history_filters_and_pagination(start_server) -> None:  # type: ignore[n
     srv = start_server()
     with srv.client(srv.create_key()) as c:
         ids = []
-        for i, (model, prompt) in enumerate([("veo3.1-fast", "a"), ("veo3", "b"),
-                                             ("veo3.1-fast", "c [sandbox:fail]"),
-                                             ("veo3.1-fast", "d")]):
+        for model, prompt in [("veo3.1-fast", "a"), ("veo3", "b"),
+                              ("veo3.1-fast", "c [sandbox:fail]"), ("veo3.1-fast", "d")]:
             r = c.post(f"/api/v3/google/{model}/text-to-video",
                        json={"prompt": prompt, "duration": 4, "enable_sync_mode": True})
             ids.append(r.json()["data"]["id"])

@@ -6,6 +6,7 @@ operation without creating another."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Iterator
@@ -262,8 +263,6 @@ async def test_resume_polls_the_stored_operation_and_creates_nothing(
     first = backend(fake, [channel(mode, service_account)])
     refs = Refs()
     fake.hold = True
-    import asyncio
-
     task = asyncio.create_task(first.generate(job("x", refs), tmp_path / "1"))
     while not refs.saved:
         await asyncio.sleep(0.02)

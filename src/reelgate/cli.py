@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,34 +29,71 @@ app.add_typer(cli_user.predictions_app, name="predictions")
 err = Console(stderr=True)
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
-    """Run the API server with in-process workers (migrations run on start)."""
+    """Run the API server (migrations run on start). Embedded, it runs its own workers;
+    with REELGATE_QUEUE_URL set, `reelgate worker` processes do the work."""
     import uvicorn
 
     from reelgate.api.app import create_app
+    from reelgate.logs import configure_logging
 
-    _logging(log_level)
+    configure_logging(log_level)
     settings = Settings()
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
         log_level=log_level,
+        log_config=None,  # our JSON (or text) handler, set above, formats uvicorn too
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command()
+def worker(
+    backends: str = typer.Option(
+        None, help="Comma-separated backends to run (default: every configured backend)."
+    ),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Run a worker process for the scaled-out mode (REELGATE_QUEUE_URL=redis://...).
+
+    It consumes the queues, renews leases, runs the reconciler and sends webhooks. SIGTERM
+    or Ctrl-C hands running predictions back (their leases are released) and exits."""
+    import signal
+
+    from reelgate.logs import configure_logging
+    from reelgate.services import Services
+
+    configure_logging(log_level)
+    overrides: dict[str, Any] = {}
+    if backends:
+        overrides["only_backends"] = [b.strip() for b in backends.split(",") if b.strip()]
+    settings = Settings(**overrides)
+    if not settings.queue_url:
+        err.print("[red]error:[/red] set REELGATE_QUEUE_URL=redis://... to run separate "
+                  "workers (the embedded server runs its own)")
+        raise typer.Exit(2)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        services = await Services.open(settings, run_workers=True)
+        logging.getLogger("reelgate").info("worker started: backends %s",
+                                           ", ".join(services.backends))
+        try:
+            await stop.wait()
+        finally:
+            await services.close()
+
+    asyncio.run(main())
 
 
 T = TypeVar("T")

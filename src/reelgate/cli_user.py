@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -297,32 +298,46 @@ def generate(
 
 # --- predictions ----------------------------------------------------------------------
 
-_COLUMNS = ("id", "model", "status", "created_at", "seconds", "error")
+# Kept narrow so a row fits an 80-column terminal; `predictions get` shows the rest.
+_COLUMNS = ("id", "status", "model", "created (UTC)", "error")
 
 
 def _row(pred: Prediction) -> tuple[str, ...]:
     return (
         pred.id,
-        pred.model_name + (f"/{pred.scene}" if pred.scene else ""),
         pred.status,
-        pred.created_at.strftime("%Y-%m-%d %H:%M:%S") if pred.created_at else "",
-        f"{pred.execution_time_ms / 1000:.1f}" if pred.execution_time_ms else "",
+        pred.model_name,
+        pred.created_at.strftime("%Y-%m-%d %H:%M") if pred.created_at else "",
         pred.error,
     )
 
 
 def _print_rows(rows: list[tuple[str, ...]]) -> None:
     out = Console(highlight=False)
-    if out.is_terminal:
-        table = Table(*_COLUMNS)
-        for r in rows:
-            table.add_row(*(escape(c) for c in r))
-        out.print(table)
-    else:
+    if not out.is_terminal:
         # Piped: one tab-separated line per prediction (cut -f1 gives the ids), never a
         # table squeezed to 80 columns.
         for r in rows:
             typer.echo("\t".join(c.replace("\t", " ").replace("\n", " ") for c in r))
+        return
+    if not rows:
+        return
+    # One line per prediction. The id (what the other commands take) and the short columns
+    # are never cut; the error gets what width is left, and is dropped on a narrow
+    # terminal rather than squeezing the rest (`predictions get` shows it).
+    widths = [max(len(name), *(len(r[i]) for r in rows)) for i, name in enumerate(_COLUMNS)]
+    short = len(_COLUMNS) - 1
+    room = out.width - sum(widths[:short]) - 2 * short
+    columns = _COLUMNS if room >= 12 and any(r[short] for r in rows) else _COLUMNS[:short]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, width in zip(columns, widths, strict=False):
+        if name == "error":
+            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=room - 1)
+        else:
+            table.add_column(name, no_wrap=True, min_width=width)
+    for r in rows:
+        table.add_row(*(escape(c) for c in r[: len(columns)]))
+    out.print(table)
 
 
 @predictions_app.command("list")
@@ -352,6 +367,8 @@ def predictions_list(
                                "total": result.total}, indent=2))
         return
     _print_rows([_row(p) for p in result.items])
+    if not result.items:
+        _err.print("no predictions match" if result.total == 0 else "no predictions on this page")
     pages = max(1, -(-result.total // result.page_size)) if result.page_size else 1
     more = f"; next: --page {result.page + 1}" if result.has_more else ""
     _err.print(f"page {result.page} of {pages}, {result.total} prediction(s){more}")

@@ -12,6 +12,7 @@ from typing import Any
 from reelgate.backends import backend_for, check_request
 from reelgate.billing import InsufficientBalance, quote
 from reelgate.errors import ApiError, InvalidInput
+from reelgate.logs import prediction_id_var
 from reelgate.media.fetch import load_input_image, resolve_destination
 from reelgate.policy import ContentBlocked
 from reelgate.requests import CreateRequest, validate_create
@@ -102,6 +103,7 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
         raise InsufficientBalance(price, available)
     fetched = await _fetch_inputs(req, services)
     prediction_id = new_id()
+    prediction_id_var.set(prediction_id)
     inputs = await asyncio.to_thread(
         _save_inputs, prediction_id, fetched, settings.inputs_dir, settings.data_dir
     )
@@ -124,5 +126,5 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
         # Refused (limit, balance) or failed: nothing is stored, so keep no input files.
         await asyncio.to_thread(shutil.rmtree, settings.inputs_dir / prediction_id, True)
         raise
-    await services.dispatch(pred.id)
+    await services.dispatch(pred.id, pred.backend)
     return pred, req

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass, field
 
 from reelgate.backends import Backend, build_backends
-from reelgate.jobs.notify import LocalNotifier
+from reelgate.jobs.notify import LocalNotifier, RedisNotifier
+from reelgate.jobs.redis_queue import QueueWorker, RedisQueue
 from reelgate.jobs.runner import Runner
 from reelgate.jobs.webhooks import WebhookSender
 from reelgate.jobs.worker import LocalWorkers
@@ -39,18 +40,25 @@ class Services:
     uploads: Uploads
     webhooks: WebhookSender
     backends: dict[str, Backend] = field(default_factory=dict)
-    workers: LocalWorkers | None = None
+    workers: LocalWorkers | QueueWorker | None = None
+    queue: RedisQueue | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, settings: Settings, *, run_workers: bool = True) -> Services:
+    async def open(cls, settings: Settings, *, run_workers: bool | None = None) -> Services:
+        """Open every adapter. ``run_workers`` None means: as the settings say (embedded
+        servers run workers in-process; with a Redis queue, API processes do not)."""
         settings.ensure_dirs()
         engine = create_engine(settings.resolved_database_url)
         await migrate.upgrade(engine)
         store = Store(engine)
         signer = UrlSigner(settings.signing_key, settings.media_url_ttl_s)
         storage = LocalStorage(settings.videos_dir, signer, settings.public_media_base_url)
-        notifier = LocalNotifier()
+        notifier = (
+            RedisNotifier(settings.queue_url)
+            if settings.queue_url.startswith(("redis://", "rediss://"))
+            else LocalNotifier()
+        )
         services = cls(
             settings=settings,
             store=store,
@@ -77,16 +85,39 @@ class Services:
                 timeout_s=settings.webhook_timeout_s,
             ),
         )
+        await notifier.start()
+        distributed = settings.queue_url.startswith(("redis://", "rediss://"))
+        if distributed:
+            services.queue = RedisQueue(settings.queue_url, settings.all_backends())
+            await services.queue.start()
+        if run_workers is None:
+            # Embedded: the server runs its own workers. Scaled out: `reelgate worker` does.
+            run_workers = settings.run_workers if settings.run_workers is not None else (
+                not distributed
+            )
         if run_workers:
             services.backends = build_backends(settings)
+            if settings.only_backends:
+                services.backends = {
+                    k: v for k, v in services.backends.items() if k in settings.only_backends
+                }
             runner = Runner(settings=settings, store=store, storage=storage,
                             backends=services.backends, notifier=notifier)
-            services.workers = LocalWorkers(
-                runner,
-                store,
-                concurrency=settings.worker_concurrency,
-                reconcile_interval_s=settings.reconcile_interval_s,
-            )
+            if services.queue is not None:
+                services.workers = QueueWorker(
+                    services.queue,
+                    runner,
+                    store,
+                    concurrency={b: settings.concurrency_for(b) for b in services.backends},
+                    reconcile_interval_s=settings.reconcile_interval_s,
+                )
+            else:
+                services.workers = LocalWorkers(
+                    runner,
+                    store,
+                    concurrency=settings.worker_concurrency,
+                    reconcile_interval_s=settings.reconcile_interval_s,
+                )
             await services.workers.start()
             notifier.listeners.append(lambda _id: services.webhooks.wakeup.set())
             services._tasks = [
@@ -106,9 +137,12 @@ class Services:
                 logging.getLogger("reelgate").exception("janitor pass failed")
             await asyncio.sleep(300)
 
-    async def dispatch(self, prediction_id: str) -> None:
-        if self.workers is not None:
+    async def dispatch(self, prediction_id: str, backend: str) -> None:
+        if self.queue is not None:
+            await self.queue.dispatch(prediction_id, backend)
+        elif isinstance(self.workers, LocalWorkers):
             await self.workers.dispatch(prediction_id)
+        # Otherwise nobody here runs work: a worker's reconciler will find the row.
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -118,4 +152,7 @@ class Services:
                 await task
         if self.workers is not None:
             await self.workers.stop()
+        if self.queue is not None:
+            await self.queue.close()
+        await self.notifier.close()
         await self.store.engine.dispose()

@@ -45,7 +45,17 @@ class Settings(BaseSettings):
     media_url_ttl_s: int = 24 * 3600
 
     # --- jobs ------------------------------------------------------------------------------
+    # Empty: in-process workers. redis://host:port/db: a Redis stream per backend, consumed
+    # by `reelgate worker` processes; sync-mode answers also travel through Redis.
+    queue_url: str = ""
+    # Whether `reelgate serve` runs workers too; default: yes embedded, no with a queue.
+    run_workers: bool | None = None
+    # Predictions run at once per process, by backend. The sandbox renders on the CPU;
+    # remote backends mostly wait, so one process keeps thousands in flight.
     worker_concurrency: int = 2
+    backend_concurrency: dict[str, int] = Field(default_factory=dict)
+    # Run only these backends in this process (`reelgate worker --backends`); empty: all.
+    only_backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # A worker renews its lease while it runs; a row whose lease expired (process killed)
     # is claimed again by any worker.
     lease_ttl_s: float = 30.0
@@ -119,7 +129,9 @@ class Settings(BaseSettings):
     # The hosted services answer a policy block with HTTP 400 and type "503".
     policy_block_status: int = 400
 
-    @field_validator("fetch_allow_hosts", "policy_blocklist", "free_backends", mode="before")
+    @field_validator(
+        "fetch_allow_hosts", "policy_blocklist", "free_backends", "only_backends", mode="before"
+    )
     @classmethod
     def _split_list(cls, v: object) -> object:
         # Allow "a,b,c" in an environment variable as well as JSON lists.
@@ -129,6 +141,15 @@ class Settings(BaseSettings):
                 return json.loads(v)
             return [item.strip() for item in v.split(",") if item.strip()]
         return v
+
+    def all_backends(self) -> list[str]:
+        names = {self.default_backend, *self.model_backends.values(), "sandbox"}
+        return sorted(names)
+
+    def concurrency_for(self, backend: str) -> int:
+        if backend in self.backend_concurrency:
+            return self.backend_concurrency[backend]
+        return self.worker_concurrency if backend == "sandbox" else _remote_default()
 
     @cached_property
     def resolved_database_url(self) -> str:
@@ -171,6 +192,10 @@ class Settings(BaseSettings):
             finally:
                 tmp.unlink(missing_ok=True)
         return path.read_text().strip().encode()
+
+
+def _remote_default() -> int:
+    return 1000
 
 
 def load_settings(**overrides: object) -> Settings:

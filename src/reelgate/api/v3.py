@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -95,7 +96,10 @@ async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Predictio
                     if current is None or current.finished:
                         break
                     ended.clear()
-                    await ended.wait()
+                    # Woken by the notifier; the timeout is only a safety net for a lost
+                    # notification, not a polling loop.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ended.wait(), 10)
         except TimeoutError:
             pass
     current = await services.store.get(pred.id) or pred

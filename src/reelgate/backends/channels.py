@@ -126,6 +126,8 @@ class ChannelPool:
     async def acquire(self, eligible: Iterable[str], timeout: float) -> ChannelState:
         """Wait (up to ``timeout`` seconds) for a slot on one of ``eligible``."""
         names = list(eligible)
+        if all(s.config.weight <= 0 for n in names if (s := self._states.get(n)) is not None):
+            raise NoChannel(self.describe(names))  # only drained channels: nothing will free up
         deadline = self._clock() + timeout
         cond = self._condition()
         while True:

@@ -7,6 +7,8 @@ PostgreSQL LISTEN/NOTIFY fits the same two methods.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,8 +33,67 @@ class LocalNotifier:
                 if not waiters:
                     del self._events[prediction_id]
 
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
     async def publish(self, prediction_id: str) -> None:
         for event in self._events.get(prediction_id, ()):
             event.set()
         for listener in self.listeners:
             listener(prediction_id)
+
+
+class RedisNotifier(LocalNotifier):
+    """Ends announced through Redis pub/sub, so a sync-mode request held by one API process
+    is answered when a worker anywhere ends the prediction. One subscription per process
+    fans out to the local waiters; nobody polls the database in a loop."""
+
+    CHANNEL = "reelgate:prediction-ended"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        from redis.asyncio import Redis
+
+        self._redis = Redis.from_url(url)
+        self._listener: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="redis-notifier")
+        await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+
+    async def publish(self, prediction_id: str) -> None:
+        await self._redis.publish(self.CHANNEL, prediction_id)
+        for listener in self.listeners:
+            listener(prediction_id)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.CHANNEL)
+                    self._ready.set()
+                    async for message in pubsub.listen():
+                        if message.get("type") != "message":
+                            continue
+                        data = message["data"]
+                        prediction_id = data.decode() if isinstance(data, bytes) else str(data)
+                        for event in self._events.get(prediction_id, ()):
+                            event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis went away: sync waiters fall back to their periodic re-read (see
+                # api/v3.py) until the subscription is back.
+                logging.getLogger("reelgate.jobs").exception("notifier lost Redis; retrying")
+                await asyncio.sleep(1)

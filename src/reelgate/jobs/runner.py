@@ -15,6 +15,7 @@ from pathlib import Path
 
 from reelgate.backends.base import Backend, BackendError, Inputs, Job
 from reelgate.jobs.notify import LocalNotifier
+from reelgate.logs import prediction_id_var
 from reelgate.media.storage import Storage
 from reelgate.media.video import InvalidVideo, check_video
 from reelgate.settings import Settings
@@ -86,6 +87,7 @@ class Runner:
         self.notifier = notifier
 
     async def run(self, prediction_id: str, owner: str) -> None:
+        prediction_id_var.set(prediction_id)  # every log line of this task names it
         ttl = self.settings.lease_ttl_s
         pred = await self.store.claim(prediction_id, owner, ttl)
         if pred is None:

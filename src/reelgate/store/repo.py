@@ -300,6 +300,33 @@ class Store:
         async with self.engine.connect() as conn:
             return [r[0] for r in await conn.execute(query)]
 
+    async def stuck(self, backends: list[str], *, created_before: datetime,
+                    limit: int) -> list[tuple[str, str]]:
+        """(id, backend) of rows nobody works on: created a while ago and never claimed
+        (their queue message was lost), or running under an expired lease (dead worker)."""
+        now = utcnow()
+        query = (
+            select(predictions.c.id, predictions.c.backend)
+            .where(
+                predictions.c.backend.in_(backends),
+                or_(
+                    and_(predictions.c.status == CREATED,
+                         predictions.c.created_at < created_before),
+                    and_(
+                        predictions.c.status == PROCESSING,
+                        or_(
+                            predictions.c.lease_expires_at.is_(None),
+                            predictions.c.lease_expires_at < now,
+                        ),
+                    ),
+                ),
+            )
+            .order_by(predictions.c.created_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in await conn.execute(query)]
+
     async def claim(self, prediction_id: str, owner: str, ttl_s: float) -> Prediction | None:
         """Take the lease on a row if nobody holds a live one. Returns the row, or None if
         another worker has it or it has ended."""

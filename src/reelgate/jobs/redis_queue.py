@@ -1,0 +1,195 @@
+"""The scaled-out dispatch: one Redis stream per backend through taskiq-redis, consumed by
+``reelgate worker`` processes on any machine.
+
+Why taskiq with its Redis *stream* broker: it is maintained, asyncio-native, and a stream
+with a consumer group gives acknowledgements and hands a dead consumer's unacknowledged
+messages to another (XAUTOCLAIM), which a plain list does not. We use its message format
+and broker (kick/listen/ack) but run our own consumer loop below rather than taskiq's
+Receiver, so concurrency per backend, acknowledgement and shutdown are explicit in one
+readable place. Nothing depends on a message arriving exactly once: the message only says
+"look at prediction X", and the row decides (the claim is one conditional UPDATE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+
+from taskiq import AsyncBroker
+from taskiq_redis import RedisStreamBroker
+
+from reelgate.jobs.runner import Runner
+from reelgate.jobs.worker import worker_id
+from reelgate.store.repo import Store
+from reelgate.store.tables import utcnow
+
+log = logging.getLogger("reelgate.jobs")
+
+TASK_NAME = "reelgate.run_prediction"
+
+
+async def _run_prediction(prediction_id: str) -> None:
+    """The task as taskiq knows it; workers consume the stream themselves (see module
+    docstring), so this body never runs."""
+    raise RuntimeError("consumed by reelgate workers, not by taskiq's receiver")
+
+
+def queue_name(backend: str) -> str:
+    return f"reelgate:predictions:{backend}"
+
+
+class RedisQueue:
+    """Dispatch side: used by API processes (and by workers' reconcilers)."""
+
+    def __init__(self, url: str, backends: Iterable[str], *, prefetch: int = 50) -> None:
+        self.url = url
+        self.brokers: dict[str, AsyncBroker] = {}
+        self._tasks = {}
+        for backend in backends:
+            broker = RedisStreamBroker(
+                url,
+                queue_name=queue_name(backend),
+                consumer_group_name="reelgate-workers",
+                consumer_name=worker_id(),
+                xread_count=prefetch,
+                # A consumer that died keeps its read messages pending; after this long
+                # another consumer claims them (the reconciler covers the row anyway).
+                idle_timeout=60_000,
+                xread_block=1000,
+            )
+            self.brokers[backend] = broker
+            self._tasks[backend] = broker.register_task(_run_prediction, task_name=TASK_NAME)
+
+    async def start(self) -> None:
+        for broker in self.brokers.values():
+            await broker.startup()
+
+    async def close(self) -> None:
+        for broker in self.brokers.values():
+            await broker.shutdown()
+
+    async def dispatch(self, prediction_id: str, backend: str) -> None:
+        task = self._tasks.get(backend)
+        if task is None:
+            raise RuntimeError(f"no queue for backend {backend!r}")
+        await task.kiq(prediction_id)
+
+    async def depth(self) -> dict[str, int]:
+        """Messages waiting per backend stream (for /metrics)."""
+        from redis.asyncio import Redis
+
+        out: dict[str, int] = {}
+        async with Redis.from_url(self.url) as redis:
+            for backend in self.brokers:
+                try:
+                    groups = await redis.xinfo_groups(queue_name(backend))
+                    out[backend] = sum(int(g.get("lag") or 0) + int(g.get("pending") or 0)
+                                       for g in groups)
+                except Exception:
+                    out[backend] = 0
+        return out
+
+
+class QueueWorker:
+    """Consume the streams of some backends, each with its own concurrency, plus a
+    reconciler that runs rows nobody works on (lost messages, dead workers)."""
+
+    def __init__(self, queue: RedisQueue, runner: Runner, store: Store, *,
+                 concurrency: dict[str, int], reconcile_interval_s: float,
+                 dispatch_grace_s: float = 10.0) -> None:
+        self.queue = queue
+        self.runner = runner
+        self.store = store
+        self.concurrency = concurrency
+        self.reconcile_interval_s = reconcile_interval_s
+        self.dispatch_grace_s = dispatch_grace_s
+        self.owner = worker_id()
+        self._running: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        # The backends this process runs: those it has (configured) and a queue for.
+        self._backends = [b for b in concurrency if b in queue.brokers]
+        self._slots = {b: asyncio.Semaphore(max(1, n)) for b, n in concurrency.items()}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        for backend in self._backends:
+            self._loops.append(asyncio.create_task(self._consume(backend),
+                                                   name=f"consume-{backend}"))
+        self._loops.append(asyncio.create_task(self._reconcile(), name="reconciler"))
+
+    async def stop(self) -> None:
+        """Stop taking work and hand back what runs (the runner releases each lease), so
+        another worker resumes it at once."""
+        for task in self._loops:
+            task.cancel()
+        for task in list(self._running):
+            task.cancel()
+        for task in [*self._loops, *self._running]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loops = []
+
+    async def _consume(self, backend: str) -> None:
+        broker = self.queue.brokers[backend]
+        slots = self._slots[backend]
+        async for message in broker.listen():
+            await slots.acquire()
+            try:
+                prediction_id = str(broker.formatter.loads(message.data).args[0])
+            except Exception:
+                log.exception("dropping an unreadable queue message")
+                await _ack(message)
+                slots.release()
+                continue
+            self._spawn(prediction_id, slots, message)
+
+    def _spawn(self, prediction_id: str, slots: asyncio.Semaphore, message: object) -> None:
+        async def run() -> None:
+            try:
+                await self.runner.run(prediction_id, self.owner)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker error on prediction %s", prediction_id)
+            finally:
+                slots.release()
+            # Acknowledge only after the row was dealt with: a worker killed mid-run leaves
+            # the message pending, to be claimed by another consumer.
+            if message is not None:
+                await _ack(message)
+
+        task = asyncio.create_task(run(), name=f"prediction-{prediction_id}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _reconcile(self) -> None:
+        while True:
+            try:
+                grace = utcnow() - timedelta(seconds=self.dispatch_grace_s)
+                for prediction_id, backend in await self.store.stuck(
+                    self._backends, created_before=grace, limit=100
+                ):
+                    slots = self._slots[backend]
+                    if slots.locked():
+                        continue
+                    await slots.acquire()
+                    self._spawn(prediction_id, slots, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciler pass failed")
+            await asyncio.sleep(self.reconcile_interval_s)
+
+
+async def _ack(message: object) -> None:
+    ack = getattr(message, "ack", None)
+    if ack is not None:
+        result = ack()
+        if asyncio.iscoroutine(result):
+            await result

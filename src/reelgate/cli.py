@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,8 @@ def worker(
         None, help="Comma-separated backends to run (default: every configured backend)."
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address for the metrics port."),
 ) -> None:
     """Run a worker process for the scaled-out mode (REELGATE_QUEUE_URL=redis://...).
 
@@ -88,9 +91,26 @@ def worker(
         services = await Services.open(settings, run_workers=True)
         logging.getLogger("reelgate").info("worker started: backends %s",
                                            ", ".join(services.backends))
+        refresher = None
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            from reelgate import metrics
+
+            start_http_server(metrics_port, addr=metrics_host)
+
+            async def refresh_metrics() -> None:
+                while True:
+                    with contextlib.suppress(Exception):
+                        await metrics.refresh(services)
+                    await asyncio.sleep(5)
+
+            refresher = asyncio.create_task(refresh_metrics())
         try:
             await stop.wait()
         finally:
+            if refresher is not None:
+                refresher.cancel()
             await services.close()
 
     asyncio.run(main())

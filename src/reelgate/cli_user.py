@@ -283,7 +283,7 @@ def generate(
         pred = client.create(model, _scene_for(scene, image, refs), prompt, webhook=webhook,
                              **fields)
         try:
-            with _progress_display(f"{pred.id} ({model})") as show:
+            with _progress_display(escape(f"{pred.id} ({model})")) as show:
                 pred = client.wait(pred, timeout=timeout, poll_interval=poll_interval,
                                    on_progress=show)
         except KeyboardInterrupt:
@@ -367,8 +367,9 @@ def predictions_list(
                                "total": result.total}, indent=2))
         return
     _print_rows([_row(p) for p in result.items])
-    if not result.items:
-        _err.print("no predictions match" if result.total == 0 else "no predictions on this page")
+    if result.total == 0:
+        _err.print("no predictions match")
+        return
     pages = max(1, -(-result.total // result.page_size)) if result.page_size else 1
     more = f"; next: --page {result.page + 1}" if result.has_more else ""
     _err.print(f"page {result.page} of {pages}, {result.total} prediction(s){more}")

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from reelgate.backends import Backend, build_backends
 from reelgate.jobs.notify import LocalNotifier, RedisNotifier
@@ -136,6 +137,26 @@ class Services:
             except Exception:
                 logging.getLogger("reelgate").exception("janitor pass failed")
             await asyncio.sleep(300)
+
+    async def check(self) -> dict[str, str]:
+        """Reachability of each dependency, for /readyz: "ok" or what went wrong."""
+        from sqlalchemy import text
+
+        async def probe(name: str, coro: Any) -> tuple[str, str]:
+            try:
+                await asyncio.wait_for(coro, 5)
+                return name, "ok"
+            except Exception as exc:
+                return name, f"{type(exc).__name__}: {exc}"[:200]
+
+        async def database() -> None:
+            async with self.store.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        probes = [probe("database", database()), probe("storage", self.storage.check())]
+        if self.queue is not None:
+            probes.append(probe("queue", self.queue.ping()))
+        return dict(await asyncio.gather(*probes))
 
     async def dispatch(self, prediction_id: str, backend: str) -> None:
         if self.queue is not None:

@@ -8,8 +8,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
 
-from reelgate import __version__
+from reelgate import __version__, metrics
 from reelgate.api import account, admin, errors, media, models, uploads, v3, webhooks
 from reelgate.services import Services
 from reelgate.settings import Settings
@@ -50,9 +51,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(media.router)
 
+    app.middleware("http")(metrics.http_middleware)
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
+        """Alive: the process answers. Says nothing about its dependencies."""
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready: the database, the queue and the storage answer."""
+        checks = await request.app.state.services.check()
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus(request: Request) -> Response:
+        await metrics.refresh(request.app.state.services)
+        return metrics.exposition()
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

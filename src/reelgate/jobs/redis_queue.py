@@ -77,6 +77,12 @@ class RedisQueue:
             raise RuntimeError(f"no queue for backend {backend!r}")
         await task.kiq(prediction_id)
 
+    async def ping(self) -> None:
+        from redis.asyncio import Redis
+
+        async with Redis.from_url(self.url) as redis:
+            await redis.ping()
+
     async def depth(self) -> dict[str, int]:
         """Messages waiting per backend stream (for /metrics)."""
         from redis.asyncio import Redis

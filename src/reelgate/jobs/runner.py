@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from reelgate import metrics
 from reelgate.backends.base import Backend, BackendError, Inputs, Job
 from reelgate.jobs.notify import LocalNotifier
 from reelgate.logs import prediction_id_var
@@ -130,13 +132,20 @@ class Runner:
         try:
             with tempfile.TemporaryDirectory(dir=tmp_root) as workdir:
                 job = job_from_row(pred, self.settings.data_dir, checkpoint)
+                started = time.perf_counter()
                 video = await backend.generate(job, Path(workdir))
+                metrics.BACKEND_LATENCY.labels(pred.backend).observe(
+                    time.perf_counter() - started
+                )
                 info = await asyncio.to_thread(check_video, video)
                 key = output_key(pred.id)
                 await self.storage.put_file(key, video)
         except BackendError as exc:
             log.info("prediction %s failed: %s", pred.id, exc.message)
-            await self.store.fail(pred.id, owner, exc.message, nsfw=exc.nsfw)
+            kind = "blocked" if exc.nsfw else ("retryable" if exc.retryable else "failed")
+            metrics.UPSTREAM_ERRORS.labels(pred.backend, kind).inc()
+            if await self.store.fail(pred.id, owner, exc.message, nsfw=exc.nsfw):
+                metrics.PREDICTIONS_ENDED.labels("failed", pred.backend).inc()
             return
         except InvalidVideo as exc:
             log.error("prediction %s: backend produced an invalid video: %s", pred.id, exc)
@@ -150,6 +159,7 @@ class Runner:
             await self.store.fail(pred.id, owner, INTERNAL_FAILURE)
             return
         if await self.store.complete(pred.id, owner, [key]):
+            metrics.PREDICTIONS_ENDED.labels("completed", pred.backend).inc()
             log.info("prediction %s completed: %dx%d %.2fs %s", pred.id, info.width,
                      info.height, info.duration_s, info.video_codec)
         else:

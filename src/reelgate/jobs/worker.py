@@ -37,6 +37,14 @@ class LocalWorkers:
         self._known: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._known) - self._queue.qsize()
+
     async def dispatch(self, prediction_id: str) -> None:
         if prediction_id not in self._known:
             self._known.add(prediction_id)

@@ -21,6 +21,7 @@ class Storage(Protocol):
     async def put_file(self, key: str, src: Path) -> None: ...
     async def exists(self, key: str) -> bool: ...
     async def delete(self, key: str) -> None: ...
+    async def check(self) -> None: ...
     def url(self, key: str, base_url: str) -> str: ...
 
 
@@ -80,6 +81,13 @@ class LocalStorage:
 
     async def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+    async def check(self) -> None:
+        """Raise unless the directory exists and takes files."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f".ready-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
 
     def url(self, key: str, base_url: str) -> str:
         if self.public_base_url:

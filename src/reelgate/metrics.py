@@ -1,0 +1,84 @@
+"""Prometheus metrics (prometheus-client). Each process exports its own: API processes at
+``/metrics``, workers on ``reelgate worker --metrics-port``; Prometheus adds them up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import func, select
+from starlette.requests import Request
+from starlette.responses import Response
+
+from reelgate.store.tables import UNFINISHED, predictions
+
+if TYPE_CHECKING:
+    from reelgate.services import Services
+
+HTTP_REQUESTS = Counter(
+    "reelgate_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "reelgate_http_request_seconds", "Time to answer an HTTP request", ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+PREDICTIONS_ENDED = Counter(
+    "reelgate_predictions_total", "Predictions ended by this process", ["status", "backend"]
+)
+PREDICTIONS_UNFINISHED = Gauge(
+    "reelgate_predictions_unfinished", "Predictions not yet ended, from the database",
+    ["status"],
+)
+QUEUE_DEPTH = Gauge("reelgate_queue_depth", "Dispatches waiting to be run", ["backend"])
+IN_FLIGHT = Gauge("reelgate_worker_in_flight", "Predictions this process is running")
+BACKEND_LATENCY = Histogram(
+    "reelgate_backend_seconds", "Time a backend took to produce a video", ["backend"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 240, 480, 900),
+)
+UPSTREAM_ERRORS = Counter(
+    "reelgate_backend_errors_total", "Backend failures", ["backend", "kind"]
+)
+
+
+async def refresh(services: Services) -> None:
+    """Scrape-time gauges: read from the database and the queue when asked, not kept."""
+    async with services.store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(predictions.c.status, func.count())
+            .where(predictions.c.status.in_(UNFINISHED))
+            .group_by(predictions.c.status)
+        )
+        counts = dict(rows.all())
+    for status in UNFINISHED:
+        PREDICTIONS_UNFINISHED.labels(status).set(counts.get(status, 0))
+    if services.queue is not None:
+        for backend, depth in (await services.queue.depth()).items():
+            QUEUE_DEPTH.labels(backend).set(depth)
+    elif services.workers is not None and hasattr(services.workers, "queued"):
+        QUEUE_DEPTH.labels("local").set(services.workers.queued)
+    if services.workers is not None:
+        IN_FLIGHT.set(services.workers.in_flight)
+
+
+def exposition() -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def http_middleware(request: Request,
+                          call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    start = time.perf_counter()
+    response = await call_next(request)
+    # The route template, not the raw path: one series per endpoint, not per prediction id.
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
+    return response

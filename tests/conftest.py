@@ -211,3 +211,66 @@ def wait_until_done(client: httpx.Client, prediction_id: str, timeout: float = 1
             return data
         time.sleep(0.2)
     raise AssertionError(f"prediction {prediction_id} did not end in {timeout}s")
+
+
+# --- PostgreSQL and Redis: skip locally when absent, fail in CI ------------------------------
+
+PG_ADMIN_URL = os.environ.get("REELGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("REELGATE_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def _service_missing(what: str, exc: BaseException) -> None:
+    if os.environ.get("REELGATE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} is required (REELGATE_REQUIRE_SERVICES=1) but unreachable: {exc}")
+    pytest.skip(f"{what} not available: {exc}")
+
+
+def _pg_admin(sql: str) -> None:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    # Its own thread and loop: fixtures may run inside the tests' event loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import uuid
+
+    name = f"reelgate_test_{uuid.uuid4().hex[:12]}"
+    import asyncpg
+
+    try:
+        _pg_admin(f'CREATE DATABASE "{name}"')
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        _service_missing("PostgreSQL", exc)
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database of its own (db 7), emptied before and after the test."""
+    import redis
+
+    url = f"{REDIS_URL}/7"
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except (OSError, redis.RedisError) as exc:
+        _service_missing("Redis", exc)
+    yield url
+    client.flushdb()
+    client.close()

@@ -1,0 +1,492 @@
+"""Video storage: the S3 adapter against moto's S3 server on 127.0.0.1, and contract tests
+that run the same cases against LocalStorage and S3Storage.
+
+moto (5.x) stores and serves objects faithfully but does not check the signature or the
+expiry of presigned URLs, so the fake below puts a small WSGI layer in front of moto's own
+application that verifies them the way S3 does (SigV4 query auth, recomputed with
+botocore's signer) and answers S3's 403 error documents. Everything else is moto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import boto3.session
+import httpx
+import numpy as np
+import pytest
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+from reelgate.backends.base import Job
+from reelgate.backends.sandbox import render_sandbox_video
+from reelgate.media.s3 import S3Storage, StorageUnavailable, build_storage, parse_s3_url
+from reelgate.media.storage import LocalStorage, Storage, UrlSigner
+from reelgate.media.video import check_video, encode_mp4
+
+from .conftest import free_port
+
+ACCESS_KEY = "reelgate-test-key"
+SECRET_KEY = "reelgate-test-secret"
+REGION = "us-east-1"
+MIB = 1024 * 1024
+
+# --- the fake S3: moto plus presigned-URL verification ---------------------------------
+
+_S3_ERRORS = {
+    "SignatureDoesNotMatch": "The request signature we calculated does not match the "
+    "signature you provided. Check your key and signing method.",
+    "AccessDenied": "Request has expired",
+    "InvalidAccessKeyId": "The AWS Access Key Id you provided does not exist in our records.",
+    "AuthorizationQueryParametersError": "Query-string authentication version 4 requires the "
+    "X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, "
+    "and X-Amz-Expires parameters.",
+}
+
+
+class PresignVerifier:
+    """WSGI middleware: refuse presigned requests whose signature or expiry is wrong."""
+
+    def __init__(self, app: Any, secrets: dict[str, str]) -> None:
+        self.app = app
+        self.secrets = secrets
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        query = environ.get("QUERY_STRING", "")
+        if "X-Amz-Signature=" in query:
+            code = self._refusal(environ, query)
+            if code is not None:
+                body = (
+                    '<?xml version="1.0" encoding="UTF-8"?>\n'
+                    f"<Error><Code>{code}</Code><Message>{_S3_ERRORS[code]}</Message></Error>"
+                ).encode()
+                start_response(
+                    "403 Forbidden",
+                    [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+        return self.app(environ, start_response)
+
+    def _refusal(self, environ: dict[str, Any], query: str) -> str | None:
+        params = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        try:
+            access_key, _day, region, service, _ = params["X-Amz-Credential"].split("/")
+            amz_date = params["X-Amz-Date"]
+            expires = int(params["X-Amz-Expires"])
+            signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            signature = params["X-Amz-Signature"]
+        except (KeyError, ValueError):
+            return "AuthorizationQueryParametersError"
+        secret = self.secrets.get(access_key)
+        if secret is None:
+            return "InvalidAccessKeyId"
+        # The path exactly as sent (still percent-encoded): S3 signs it unnormalised.
+        raw_path = environ.get("RAW_URI", environ["PATH_INFO"]).split("?", 1)[0]
+        unsigned = "&".join(p for p in query.split("&") if not p.startswith("X-Amz-Signature="))
+        host = environ["HTTP_HOST"]
+        request = AWSRequest(
+            method=environ["REQUEST_METHOD"],
+            url=f"http://{host}{raw_path}?{unsigned}",
+            headers={"host": host},
+        )
+        request.context["timestamp"] = amz_date
+        auth = S3SigV4QueryAuth(Credentials(access_key, secret), service, region, expires)
+        expected = auth.signature(
+            auth.string_to_sign(request, auth.canonical_request(request)), request
+        )
+        if not hmac.compare_digest(expected, signature):
+            return "SignatureDoesNotMatch"
+        if datetime.now(UTC) > signed_at + timedelta(seconds=expires):
+            return "AccessDenied"
+        return None
+
+
+ENV_ACCESS_KEY = "reelgate-env-key"
+ENV_SECRET_KEY = "reelgate-env-secret"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    # What moto.server.ThreadedMotoServer does, with the verifier wrapped around the app.
+    app = PresignVerifier(
+        DomainDispatcherApplication(create_backend_app),
+        {ACCESS_KEY: SECRET_KEY, ENV_ACCESS_KEY: ENV_SECRET_KEY},
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="moto-s3", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def s3_admin(s3_endpoint: str) -> Any:
+    """A plain boto3 client, for looking at the bucket from outside the adapter."""
+    session = boto3.session.Session(
+        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION
+    )
+    return session.client("s3", endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def bucket(s3_admin: Any) -> str:
+    name = f"reelgate-{uuid.uuid4().hex[:12]}"
+    s3_admin.create_bucket(Bucket=name)
+    return name
+
+
+def make_s3(endpoint: str, url: str, **kwargs: Any) -> S3Storage:
+    kwargs = {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY, **kwargs}
+    return S3Storage(url, endpoint_url=endpoint, region=REGION, **kwargs)
+
+
+# --- videos ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real sandbox render, 720p, 1 s."""
+    path = tmp_path_factory.mktemp("s3-video") / "video.mp4"
+    job = Job(id="s3-storage", model="veo3.1-fast", scene="text-to-video",
+              prompt="a lighthouse stored in a bucket", duration=1, resolution="720p")
+    render_sandbox_video(job, path, fps=24)
+    return path
+
+
+@pytest.fixture(scope="session")
+def large_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real MP4 over 10 MiB, so a 5 MiB part size gives a three-part upload.
+
+    Lossless noise is incompressible, so a few frames are enough.
+    """
+    path = tmp_path_factory.mktemp("s3-large") / "large.mp4"
+    rng = np.random.default_rng(7)
+    frames = 8
+    noise: Iterable[np.ndarray] = (
+        rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(frames)
+    )
+    encode_mp4(path, noise, width=1280, height=720, fps=24, frame_count=frames, crf=0,
+               preset="ultrafast")
+    assert path.stat().st_size > 10 * MIB
+    return path
+
+
+# --- the contract: the same cases against every adapter ----------------------------------
+
+BASE_URL = "http://reelgate.test"
+
+
+@dataclass
+class Harness:
+    storage: Storage
+    # GET a URL that storage.url() produced: (HTTP status, body).
+    fetch: Callable[[str], tuple[int, bytes]]
+
+
+def local_fetch(storage: LocalStorage) -> Callable[[str], tuple[int, bytes]]:
+    # LocalStorage's URLs are served by the app's /media route; these tests stay at the
+    # adapter, so they check what that route checks: the signature, then the file on disk.
+    def fetch(url: str) -> tuple[int, bytes]:
+        parts = urlsplit(url)
+        assert f"{parts.scheme}://{parts.netloc}" == BASE_URL
+        assert parts.path.startswith("/media/")
+        key = unquote(parts.path.removeprefix("/media/"))
+        q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if not storage.signer.verify(key, int(q["expires"]), q["signature"]):
+            return 403, b""
+        path = storage.path(key)
+        return (200, path.read_bytes()) if path.is_file() else (404, b"")
+
+    return fetch
+
+
+def http_fetch(url: str) -> tuple[int, bytes]:
+    response = httpx.get(url, timeout=10)
+    return response.status_code, response.content
+
+
+@pytest.fixture(params=["local", "s3"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
+    if request.param == "local":
+        storage = LocalStorage(tmp_path / "videos", UrlSigner(b"k" * 32, ttl_s=3600))
+        return Harness(storage, local_fetch(storage))
+    endpoint = request.getfixturevalue("s3_endpoint")
+    name = request.getfixturevalue("bucket")
+    return Harness(make_s3(endpoint, f"s3://{name}/videos"), http_fetch)
+
+
+class TestStorageContract:
+    async def test_put_file_then_url_serves_the_same_bytes(
+        self, harness: Harness, video: Path
+    ) -> None:
+        key = "ab/abcdef.mp4"
+        assert not await harness.storage.exists(key)
+        await harness.storage.put_file(key, video)
+        # put_file has returned: the runner may now say "completed", so the video must be
+        # there in full.
+        assert await harness.storage.exists(key)
+        status, body = harness.fetch(harness.storage.url(key, BASE_URL))
+        assert status == 200
+        assert body == video.read_bytes()
+
+    async def test_a_url_signed_for_one_key_does_not_open_another(
+        self, harness: Harness, video: Path, tmp_path: Path
+    ) -> None:
+        other = tmp_path / "other.mp4"
+        other.write_bytes(b"someone else's video")
+        await harness.storage.put_file("ab/mine.mp4", video)
+        await harness.storage.put_file("ab/theirs.mp4", other)
+        url = harness.storage.url("ab/mine.mp4", BASE_URL)
+        assert harness.fetch(url)[0] == 200
+        tampered = url.replace("mine.mp4", "theirs.mp4")
+        assert tampered != url
+        assert harness.fetch(tampered)[0] == 403
+
+    async def test_put_file_replaces_an_existing_object(
+        self, harness: Harness, video: Path, tmp_path: Path
+    ) -> None:
+        first = tmp_path / "first.mp4"
+        first.write_bytes(b"x" * 1000)
+        await harness.storage.put_file("cd/same.mp4", first)
+        await harness.storage.put_file("cd/same.mp4", video)
+        status, body = harness.fetch(harness.storage.url("cd/same.mp4", BASE_URL))
+        assert (status, body) == (200, video.read_bytes())
+
+    async def test_delete_removes_and_is_idempotent(self, harness: Harness, video: Path) -> None:
+        await harness.storage.put_file("ef/gone.mp4", video)
+        url = harness.storage.url("ef/gone.mp4", BASE_URL)
+        await harness.storage.delete("ef/gone.mp4")
+        assert not await harness.storage.exists("ef/gone.mp4")
+        assert harness.fetch(url)[0] == 404
+        await harness.storage.delete("ef/gone.mp4")  # no error the second time
+        await harness.storage.delete("ef/never-was.mp4")
+
+    @pytest.mark.parametrize("key", ["", "/abs.mp4", "../up.mp4", "a/../b.mp4", "a//b.mp4"])
+    async def test_unsafe_keys_are_refused(
+        self, harness: Harness, video: Path, key: str
+    ) -> None:
+        with pytest.raises(ValueError):
+            await harness.storage.put_file(key, video)
+        with pytest.raises(ValueError):
+            await harness.storage.exists(key)
+        with pytest.raises(ValueError):
+            await harness.storage.delete(key)
+
+
+# --- S3 specifics ----------------------------------------------------------------------------
+
+
+async def test_presigned_url_downloads_a_playable_mp4(
+    s3_endpoint: str, bucket: str, video: Path, tmp_path: Path
+) -> None:
+    storage = make_s3(s3_endpoint, f"s3://{bucket}/videos")
+    await storage.put_file("ab/abc.mp4", video)
+    url = storage.url("ab/abc.mp4", BASE_URL)
+    assert url.startswith(f"{s3_endpoint}/{bucket}/videos/ab/abc.mp4?")
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=86400" in url
+    response = httpx.get(url)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "video/mp4"
+    downloaded = tmp_path / "downloaded.mp4"
+    downloaded.write_bytes(response.content)
+    info = check_video(downloaded)  # the real demuxer and decoder
+    assert (info.width, info.height, info.video_codec) == (1280, 720, "h264")
+
+
+async def test_objects_live_under_the_prefix(
+    s3_endpoint: str, bucket: str, s3_admin: Any, video: Path
+) -> None:
+    storage = make_s3(s3_endpoint, f"s3://{bucket}/tenants/acme/")
+    await storage.put_file("ab/abc.mp4", video)
+    listed = s3_admin.list_objects_v2(Bucket=bucket)
+    assert [o["Key"] for o in listed["Contents"]] == ["tenants/acme/ab/abc.mp4"]
+    assert listed["Contents"][0]["Size"] == video.stat().st_size
+    head = s3_admin.head_object(Bucket=bucket, Key="tenants/acme/ab/abc.mp4")
+    assert head["ContentType"] == "video/mp4"
+
+    at_root = make_s3(s3_endpoint, f"s3://{bucket}")
+    await at_root.put_file("ab/root.mp4", video)
+    assert s3_admin.head_object(Bucket=bucket, Key="ab/root.mp4")["ContentLength"] > 0
+
+
+async def test_tampered_presigned_urls_are_refused(
+    s3_endpoint: str, bucket: str, video: Path
+) -> None:
+    storage = make_s3(s3_endpoint, f"s3://{bucket}/videos")
+    await storage.put_file("ab/abc.mp4", video)
+    url = storage.url("ab/abc.mp4", BASE_URL)
+    assert httpx.get(url).status_code == 200
+    longer = url.replace("X-Amz-Expires=86400", "X-Amz-Expires=604800")
+    signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
+    forged = url.replace(signature, "0" * len(signature))
+    for bad in (longer, forged):
+        assert bad != url
+        response = httpx.get(bad)
+        assert response.status_code == 403
+        assert b"<Code>SignatureDoesNotMatch</Code>" in response.content
+
+
+async def test_presigned_url_expires(s3_endpoint: str, bucket: str, video: Path) -> None:
+    storage = make_s3(s3_endpoint, f"s3://{bucket}", presign_ttl_s=1)
+    await storage.put_file("ab/short.mp4", video)
+    url = storage.url("ab/short.mp4", BASE_URL)
+    assert httpx.get(url).status_code == 200
+    # X-Amz-Date has whole seconds, so the URL is dead at most 2 s after signing.
+    await asyncio.sleep(2.1)
+    response = httpx.get(url)
+    assert response.status_code == 403
+    assert b"Request has expired" in response.content
+
+
+async def test_large_files_go_up_in_parts(
+    s3_endpoint: str, bucket: str, s3_admin: Any, large_video: Path, tmp_path: Path
+) -> None:
+    # 5 MiB is S3's smallest part size; the default threshold (16 MiB) is lowered so the
+    # multipart path runs on a file that takes well under a second to make.
+    storage = make_s3(s3_endpoint, f"s3://{bucket}/videos",
+                      multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    await storage.put_file("ab/large.mp4", large_video)
+    head = s3_admin.head_object(Bucket=bucket, Key="videos/ab/large.mp4")
+    # A multipart object's ETag ends in "-<number of parts>".
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["ContentLength"] == large_video.stat().st_size
+    # No unfinished multipart upload is left behind to be billed.
+    assert not s3_admin.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    response = httpx.get(storage.url("ab/large.mp4", BASE_URL))
+    assert response.content == large_video.read_bytes()
+    downloaded = tmp_path / "large.mp4"
+    downloaded.write_bytes(response.content)
+    assert check_video(downloaded).frames == 8
+
+
+async def test_upload_to_a_missing_bucket_raises(s3_endpoint: str, video: Path) -> None:
+    # The runner marks the prediction failed (and refunds) when put_file raises; it must
+    # never return as if the video were stored.
+    storage = make_s3(s3_endpoint, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(Exception):  # noqa: B017 - boto3 wraps the 404 in its own types
+        await storage.put_file("ab/abc.mp4", video)
+
+
+async def test_check(s3_endpoint: str, bucket: str) -> None:
+    await make_s3(s3_endpoint, f"s3://{bucket}/videos").check()
+    with pytest.raises(StorageUnavailable, match="no-such-bucket"):
+        await make_s3(s3_endpoint, "s3://no-such-bucket-xyz").check()
+    with pytest.raises(StorageUnavailable, match=bucket):
+        # Nothing listens there: connection refused, retried, then reported.
+        dead = S3Storage(f"s3://{bucket}", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                         region=REGION, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+        await dead.check(timeout_s=3)
+
+
+async def test_a_url_signed_with_a_wrong_secret_is_refused(s3_endpoint: str, bucket: str) -> None:
+    # moto accepts any access key for API calls, but a presigned URL made with a secret
+    # S3 does not know is refused.
+    storage = make_s3(s3_endpoint, f"s3://{bucket}", secret_key="not-the-secret")
+    url = storage.url("ab/abc.mp4", BASE_URL)
+    assert httpx.get(url).status_code == 403
+
+
+async def test_public_base_url_replaces_presigned_urls(
+    s3_endpoint: str, bucket: str, video: Path
+) -> None:
+    storage = make_s3(s3_endpoint, f"s3://{bucket}/videos",
+                      public_base_url="https://cdn.example.com/reelgate/")
+    await storage.put_file("ab/a b.mp4", video)
+    # The public base serves the bucket's root, so the prefix is in the path.
+    assert storage.url("ab/a b.mp4", BASE_URL) == (
+        "https://cdn.example.com/reelgate/videos/ab/a%20b.mp4"
+    )
+
+
+async def test_presign_endpoint_url_is_the_host_clients_see(
+    s3_endpoint: str, bucket: str, video: Path
+) -> None:
+    storage = make_s3(s3_endpoint, f"s3://{bucket}/videos",
+                      presign_endpoint_url="https://media.example.com")
+    await storage.put_file("ab/abc.mp4", video)  # uploads still go to the inner endpoint
+    url = storage.url("ab/abc.mp4", BASE_URL)
+    assert url.startswith(f"https://media.example.com/{bucket}/videos/ab/abc.mp4?")
+    assert "X-Amz-Signature=" in url
+
+
+async def test_credentials_from_the_boto3_chain(
+    s3_endpoint: str, bucket: str, video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ENV_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ENV_SECRET_KEY)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    storage = S3Storage(f"s3://{bucket}/videos", endpoint_url=s3_endpoint, region=REGION)
+    await storage.put_file("ab/env.mp4", video)
+    url = storage.url("ab/env.mp4", BASE_URL)
+    assert f"X-Amz-Credential={ENV_ACCESS_KEY}" in url
+    assert httpx.get(url).content == video.read_bytes()
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_parse_s3_url() -> None:
+    assert parse_s3_url("s3://bucket") == ("bucket", "")
+    assert parse_s3_url("s3://bucket/") == ("bucket", "")
+    assert parse_s3_url("s3://bucket/a/b/") == ("bucket", "a/b")
+    for bad in ("s3://", "s3:///prefix", "s3://b/a/../c", "s3://b/a//c", "s3://b/p?x=1",
+                "gs://bucket"):
+        with pytest.raises(ValueError):
+            parse_s3_url(bad)
+
+
+def test_s3_storage_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="TTL"):
+        S3Storage("s3://b", presign_ttl_s=8 * 24 * 3600, access_key="a", secret_key="s")
+    with pytest.raises(ValueError, match="both"):
+        S3Storage("s3://b", access_key="only-the-key")
+
+
+def test_build_storage_picks_the_adapter_by_url(tmp_path: Path) -> None:
+    signer = UrlSigner(b"k" * 32, ttl_s=60)
+    common: dict[str, Any] = {"local_root": tmp_path / "videos", "signer": signer}
+
+    default = build_storage("", **common)
+    assert isinstance(default, LocalStorage) and default.root == tmp_path / "videos"
+    elsewhere = build_storage(str(tmp_path / "elsewhere"), **common)
+    assert isinstance(elsewhere, LocalStorage) and elsewhere.root == tmp_path / "elsewhere"
+    as_file_url = build_storage(f"file://{tmp_path}/f", **common)
+    assert isinstance(as_file_url, LocalStorage) and as_file_url.root == tmp_path / "f"
+
+    s3 = build_storage("s3://media/prod", **common, endpoint_url="http://127.0.0.1:9",
+                       region=REGION, access_key="a", secret_key="s", presign_ttl_s=600,
+                       public_base_url="https://cdn.example.com")
+    assert isinstance(s3, S3Storage)
+    assert (s3.bucket, s3.prefix, s3.presign_ttl_s) == ("media", "prod", 600)
+    assert s3.url("x/y.mp4", BASE_URL) == "https://cdn.example.com/prod/x/y.mp4"
+
+    for bad in ("s4://media", "gs://media", "file://otherhost/x"):
+        with pytest.raises(ValueError):
+            build_storage(bad, **common)
+
+
+def test_local_storage_url_form_is_unchanged(tmp_path: Path) -> None:
+    # build_storage hands the public base URL to LocalStorage as before.
+    storage = build_storage("", local_root=tmp_path, signer=UrlSigner(b"k" * 32, ttl_s=60),
+                            public_base_url="https://cdn.example.com/")
+    assert storage.url("ab/c d.mp4", BASE_URL) == f"https://cdn.example.com/{quote('ab/c d.mp4')}"

@@ -274,3 +274,59 @@ def redis_url() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+class WorkerProcess:
+    """``reelgate worker`` in its own process (scaled-out mode)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"worker-{id(self)}.log"
+
+    def start(self) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reelgate.cli", "worker", "--log-level", "warning"],
+            env=self.env, stdout=log, stderr=log,
+        )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+    """Start API and worker processes sharing one PostgreSQL database and one Redis."""
+    started: list[ServerProcess | WorkerProcess] = []
+    data_dir = tmp_path / "cluster"
+
+    class Cluster:
+        env = {
+            "REELGATE_DATABASE_URL": pg_url,
+            "REELGATE_QUEUE_URL": redis_url,
+        }
+
+        def api(self, extra: dict[str, str] | None = None) -> ServerProcess:
+            srv = ServerProcess(data_dir, {**self.env, **(extra or {})}).start()
+            started.append(srv)
+            return srv
+
+        def worker(self, extra: dict[str, str] | None = None) -> WorkerProcess:
+            base = ServerProcess(data_dir, {**self.env, **(extra or {})}).env
+            w = WorkerProcess(data_dir, base).start()
+            started.append(w)
+            return w
+
+    yield Cluster()
+    for proc in started:
+        proc.stop(signal.SIGKILL)

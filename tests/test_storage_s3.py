@@ -382,8 +382,24 @@ async def test_upload_to_a_missing_bucket_raises(s3_endpoint: str, video: Path) 
     # The runner marks the prediction failed (and refunds) when put_file raises; it must
     # never return as if the video were stored.
     storage = make_s3(s3_endpoint, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}")
-    with pytest.raises(Exception):  # noqa: B017 - boto3 wraps the 404 in its own types
+    with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
         await storage.put_file("ab/abc.mp4", video)
+
+
+async def test_put_file_raises_when_the_bucket_holds_less_than_was_sent(
+    s3_endpoint: str, bucket: str, video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy or an S3-compatible server that acknowledges a partial object must fail the
+    # job, not complete it with a broken link.
+    storage = make_s3(s3_endpoint, f"s3://{bucket}")
+    real_head = storage._client.head_object
+
+    def short_head(**kwargs: Any) -> dict[str, Any]:
+        return {**real_head(**kwargs), "ContentLength": video.stat().st_size - 1}
+
+    monkeypatch.setattr(storage._client, "head_object", short_head)
+    with pytest.raises(StorageUnavailable, match="bytes after upload"):
+        await storage.put_file("ab/short.mp4", video)
 
 
 async def test_check(s3_endpoint: str, bucket: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import boto3.session
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -34,7 +35,8 @@ MAX_PRESIGN_TTL_S = 7 * 24 * 3600
 
 _MIB = 1024 * 1024
 
-_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+# HEAD answers carry no body, so botocore reports the bare status as the code.
+_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
 class StorageUnavailable(RuntimeError):
@@ -131,23 +133,27 @@ class S3Storage:
         # upload_file switches to a multipart upload above the threshold (parallel parts,
         # each retried on its own) and aborts the upload if a part fails for good, so no
         # half-written object is ever visible under the key.
-        await asyncio.to_thread(
-            self._client.upload_file,
-            str(src),
-            self.bucket,
-            obj,
-            ExtraArgs={"ContentType": CONTENT_TYPE},
-            Config=self._transfer,
-        )
+        try:
+            await asyncio.to_thread(
+                self._client.upload_file,
+                str(src),
+                self.bucket,
+                obj,
+                ExtraArgs={"ContentType": CONTENT_TYPE},
+                Config=self._transfer,
+            )
+        except (S3UploadFailedError, ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"upload to s3://{self.bucket}/{obj} failed: {exc}") from exc
         # The runner marks the prediction completed as soon as this returns, so confirm
         # that the bucket really serves the whole object: an S3-compatible server that
         # acknowledges before the object is readable, or a proxy that truncates, fails
         # the job here instead of handing the client a broken link.
         try:
             head = await asyncio.to_thread(self._client.head_object, Bucket=self.bucket, Key=obj)
-        except ClientError as exc:
-            raise StorageUnavailable(f"s3://{self.bucket}/{obj} is not readable after "
-                                     f"upload: {exc}") from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(
+                f"s3://{self.bucket}/{obj} is not readable after upload: {exc}"
+            ) from exc
         if head.get("ContentLength") != size:
             raise StorageUnavailable(
                 f"s3://{self.bucket}/{obj} holds {head.get('ContentLength')} bytes after "

@@ -1,0 +1,89 @@
+"""The scaled-out mode end to end: 2 API processes and 2 worker processes on PostgreSQL and
+Redis, all real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from tests.conftest import ImageServer, make_image, wait_until_done
+
+T2V = "/api/v3/google/veo3.1-fast/text-to-video"
+
+
+def test_two_apis_two_workers(cluster, images: ImageServer) -> None:  # type: ignore[no-untyped-def]
+    api1, api2 = cluster.api(), cluster.api()
+    workers = [cluster.worker(), cluster.worker()]
+    key = api1.create_key("scaled")
+    with api1.client(key) as c1, api2.client(key) as c2:
+        # Created on one API process, read on the other, run by some worker.
+        bodies = {
+            "text-to-video": {"prompt": "scaled out", "duration": 4},
+            "image-to-video": {"prompt": "pan", "duration": 4,
+                               "image": images.add("/s.png", make_image((9, 99, 199)))},
+            "reference-to-video": {"prompt": "refs", "generate_audio": False,
+                                   "images": [images.add("/r.png", make_image((200, 9, 9)))]},
+        }
+        ids = []
+        for scene, body in bodies.items():
+            r = c1.post(f"/api/v3/google/veo3.1/{scene}", json=body)
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["data"]["id"])
+        for pid in ids:
+            done = wait_until_done(c2, pid, timeout=90)
+            assert done["status"] == "completed", done
+            assert httpx.get(done["outputs"][0]).status_code == 200
+        # Sync mode on API 2 is answered by a notification from whichever worker ran it.
+        t0 = time.monotonic()
+        r = c2.post(T2V, json={"prompt": "sync across processes", "duration": 4,
+                               "enable_sync_mode": True})
+        assert r.json()["data"]["status"] == "completed"
+        assert time.monotonic() - t0 < 30
+        ready = httpx.get(f"{api1.base_url}/readyz").json()
+        assert ready == {"status": "ok", "checks": {"database": "ok", "storage": "ok",
+                                                    "queue": "ok"}}
+        metrics = httpx.get(f"{api2.base_url}/metrics").text
+        assert 'reelgate_queue_depth{backend="sandbox"}' in metrics
+    # Neither worker fell over along the way.
+    for w in workers:
+        assert w.proc is not None and w.proc.poll() is None
+
+
+def test_sync_waiters_on_both_apis(cluster) -> None:  # type: ignore[no-untyped-def]
+    api1, api2 = cluster.api(), cluster.api()
+    cluster.worker({"REELGATE_WORKER_CONCURRENCY": "4"})
+    key = api1.create_key("sync")
+    results: list[str] = []
+
+    def call(api) -> None:  # type: ignore[no-untyped-def]
+        with api.client(key) as c:
+            r = c.post(T2V, json={"prompt": "both", "duration": 4, "enable_sync_mode": True})
+            results.append(r.json()["data"]["status"])
+
+    threads = [threading.Thread(target=call, args=(a,)) for a in (api1, api2, api1, api2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert results == ["completed"] * 4
+
+
+def test_worker_stop_hands_work_back(cluster) -> None:  # type: ignore[no-untyped-def]
+    env = {"REELGATE_SANDBOX_LATENCY_S": "4", "REELGATE_LEASE_TTL_S": "120"}
+    api = cluster.api()
+    first = cluster.worker(env)
+    key = api.create_key("handback")
+    with api.client(key) as c:
+        pid = c.post(T2V, json={"prompt": "handed back", "duration": 4}).json()["data"]["id"]
+        deadline = time.monotonic() + 20
+        while c.get(f"/api/v3/predictions/{pid}").json()["data"]["status"] != "processing":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        first.stop()  # SIGTERM: graceful, releases the lease
+        cluster.worker(env)
+        t0 = time.monotonic()
+        assert wait_until_done(c, pid, timeout=60)["status"] == "completed"
+        # Far sooner than the 120 s lease: it was handed back, not left to expire.
+        assert time.monotonic() - t0 < 40

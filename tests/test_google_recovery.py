@@ -46,7 +46,7 @@ def row(db: Path, prediction_id: str) -> dict[str, object]:
         return dict(r) if r else {}
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 30) -> None:
+def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -96,7 +96,7 @@ def test_killed_worker_resumes_the_same_operation(start_server, fake: FakeGoogle
 
     srv2 = start_server(env, data_dir=data_dir)
     with srv2.client(key) as c:
-        done = wait_until_done(c, pid, timeout=60)
+        done = wait_until_done(c, pid, timeout=90)
     assert done["status"] == "completed", done
     assert len(done["outputs"]) == 1
     # Exactly one create call for this prediction, and the new process polled the same
@@ -125,14 +125,14 @@ def test_failover_when_a_channel_answers_429(start_server, fake: FakeGoogle,  # 
     data_dir = tmp_path / "data"
     srv = start_server(env, data_dir=data_dir)
     key = credited_key(srv)
-    t0 = time.monotonic()
     with srv.client(key) as c:
         pid = c.post("/api/v3/google/veo3.1-fast/text-to-video",
                      json={"prompt": "fail over", "duration": 4}).json()["data"]["id"]
-        done = wait_until_done(c, pid, timeout=30)
+        done = wait_until_done(c, pid, timeout=90)
     assert done["status"] == "completed", done
-    assert time.monotonic() - t0 < 30  # a's 60 s RetryInfo was not waited out
-    assert [(r.key, r.status) for r in fake.calls("create")] == [("key-a", 429), ("key-b", 200)]
+    creates = fake.calls("create")
+    assert [(r.key, r.status) for r in creates] == [("key-a", 429), ("key-b", 200)]
+    assert creates[1].at - creates[0].at < 30  # a's 60 s RetryInfo was not waited out
     assert UpstreamRef.loads(str(row(data_dir / "reelgate.db", pid)["upstream_ref"])).channel == "b"
     assert {r.key for r in fake.calls("poll")} == {"key-b"}
 

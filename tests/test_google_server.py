@@ -103,7 +103,7 @@ def test_every_scene_completes_with_a_stored_video(running: tuple[str, Running],
     r = run.client.post(f"/api/v3/google/{model}/{route}",
                         json={"prompt": f"{marker} [fake:pending=2]", **body})
     assert r.status_code == 200, r.text
-    done = wait_until_done(run.client, r.json()["data"]["id"], timeout=60)
+    done = wait_until_done(run.client, r.json()["data"]["id"], timeout=90)
     assert done["status"] == "completed", done
     assert done["has_nsfw_contents"] == [False]
     video = httpx.get(done["outputs"][0], timeout=30)
@@ -139,7 +139,7 @@ def test_what_google_would_refuse_is_a_400_before_anything_is_spent(
             assert "Gemini API" in r.json()["error"]["message"]
         else:  # Vertex AI takes both
             assert r.status_code == 200, r.text
-            wait_until_done(run.client, r.json()["data"]["id"], timeout=60)
+            wait_until_done(run.client, r.json()["data"]["id"], timeout=90)
     if mode == "gemini":
         r = run.client.post("/api/v3/google/veo3-fast/text-to-video",
                             json={"prompt": "refuse-4k", "resolution": "4k"})
@@ -160,13 +160,13 @@ def test_safety_block_fails_as_content_policy_and_costs_nothing(
     before = run.balance()
     r = run.client.post("/api/v3/google/veo3.1/text-to-video",
                         json={"prompt": f"{mode} blocked [fake:rai]", "duration": 4})
-    done = wait_until_done(run.client, r.json()["data"]["id"], timeout=60)
+    done = wait_until_done(run.client, r.json()["data"]["id"], timeout=90)
     assert done["status"] == "failed"
     assert done["has_nsfw_contents"] == [True]
     assert "safety" in done["error"] and done["outputs"] == []
     r = run.client.post("/api/v3/google/veo3.1/text-to-video",
                         json={"prompt": f"{mode} broken [fake:op-error]", "duration": 4})
-    done = wait_until_done(run.client, r.json()["data"]["id"], timeout=60)
+    done = wait_until_done(run.client, r.json()["data"]["id"], timeout=90)
     assert done["status"] == "failed" and done["has_nsfw_contents"] != [True]
     assert "fake operation error" in done["error"]
     assert run.balance() == before

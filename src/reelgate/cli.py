@@ -7,16 +7,19 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from reelgate import cli_user
+from reelgate.cli_google import google_app
 from reelgate.errors import ApiError
 from reelgate.settings import Settings
-from reelgate.store.admin import AdminStore
+
+if TYPE_CHECKING:
+    from reelgate.store.admin import AdminStore
 
 app = typer.Typer(
     help="reelgate: a video-generation API server for Veo models.", no_args_is_help=True
@@ -27,6 +30,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(accounts_app, name="accounts")
 app.command("generate")(cli_user.generate)
 app.add_typer(cli_user.predictions_app, name="predictions")
+app.add_typer(google_app, name="google")
 err = Console(stderr=True)
 
 
@@ -123,6 +127,7 @@ def _admin(fn: Callable[[AdminStore], Awaitable[T]]) -> T:
     """Run one admin operation against the configured database; API errors become a
     message on stderr and exit code 1."""
     from reelgate.services import Services
+    from reelgate.store.admin import AdminStore
 
     async def go() -> T:
         services = await Services.open(Settings(), run_workers=False)

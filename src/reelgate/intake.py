@@ -98,14 +98,19 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
     price = quote(req, backend, settings)
     # Refuse an account that cannot pay before fetching anything (the hold itself is
     # taken atomically with the insert below; this is only the cheap early answer).
-    available = await services.store.balance(key.account_id)
-    if price > available:
-        raise InsufficientBalance(price, available)
+    if price > 0:
+        available = await services.store.balance(key.account_id)
+        if price > available:
+            raise InsufficientBalance(price, available)
     fetched = await _fetch_inputs(req, services)
     prediction_id = new_id()
     prediction_id_var.set(prediction_id)
-    inputs = await asyncio.to_thread(
-        _save_inputs, prediction_id, fetched, settings.inputs_dir, settings.data_dir
+    inputs = (
+        await asyncio.to_thread(
+            _save_inputs, prediction_id, fetched, settings.inputs_dir, settings.data_dir
+        )
+        if fetched
+        else {}
     )
     try:
         pred = await services.store.insert_prediction(

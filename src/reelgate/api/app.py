@@ -36,12 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
 
-    @app.middleware("http")
-    async def rate_limit_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        for name, value in getattr(request.state, "rate_headers", {}).items():
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(metrics.HttpMiddleware)
 
     app.include_router(v3.router)
     app.include_router(models.router)
@@ -50,8 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(webhooks.router)
     app.include_router(media.router)
-
-    app.middleware("http")(metrics.http_middleware)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

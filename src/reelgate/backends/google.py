@@ -433,9 +433,16 @@ class GoogleBackend:
         if ch is None:
             config = next(c for c in self.channels if c.name == name)
             creds = None
-            if config.mode == "vertex" and not config.api_key:
-                creds = load_credentials(config)
-            ch = _Channel(config, make_client(config, self.gs, creds), creds)
+            try:
+                if config.mode == "vertex" and not config.api_key:
+                    creds = load_credentials(config)
+                client = make_client(config, self.gs, creds)
+            except Exception as exc:  # a configuration problem: the details are the operator's
+                log.error("google channel %s: cannot build a client: %s", name, exc)
+                self.pool.note_error(name, f"credentials: {type(exc).__name__}: {exc}")
+                raise BackendError("The video could not be generated because of a problem with "
+                                   "this server's Google credentials. " + NOT_CHARGED) from None
+            ch = _Channel(config, client, creds)
             self._clients[name] = ch
         return ch
 
@@ -488,7 +495,7 @@ class GoogleBackend:
             plan = plans[state.name]
             try:
                 op = await self._create(state, plan, source, config_images)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, BackendError):
                 self.pool.release(state.name)
                 raise
             except Exception as exc:  # sorted below: retry elsewhere, or fail

@@ -106,6 +106,9 @@ class Prediction:
         return max(0, int((end - self.started_at).total_seconds() * 1000))
 
 
+_NULLABLE = ("lease_owner", "lease_expires_at", "upstream_ref", "started_at", "completed_at")
+
+
 def _prediction(row: Any) -> Prediction:
     return Prediction(**{c: row._mapping[c] for c in Prediction.__dataclass_fields__})
 
@@ -265,9 +268,10 @@ class Store:
             await billing.hold(conn, account_id=account_id, prediction_id=id, amount=price,
                                model=model)
             await conn.execute(insert(predictions).values(**values))
-        got = await self.get(id)
-        assert got is not None
-        return got
+        # The row is exactly what was inserted: no need to read it back.
+        fields = Prediction.__dataclass_fields__
+        return Prediction(**{k: v for k, v in values.items() if k in fields},
+                          **{k: None for k in fields if k not in values and k in _NULLABLE})
 
     async def get(self, prediction_id: str, *, account_id: str | None = None) -> Prediction | None:
         query = select(predictions).where(predictions.c.id == prediction_id)

@@ -10,7 +10,7 @@ inline bytes, or a gs:// object) → the runner checks it with a decoder and sto
 All calls go through the official ``google-genai`` SDK, pinned below 3: 3.x refuses
 ``generate_videos`` on the Gemini API (API-key mode) and serves Veo only on Vertex AI, while
 2.x serves both. The SDK does not retry unless told to; every retry here is explicit.
-docs/google.md is the operator's side of this file.
+The README's Google section is the operator's side of this file.
 """
 
 from __future__ import annotations

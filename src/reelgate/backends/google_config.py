@@ -3,7 +3,7 @@ polling and retry timing, and the operator's fallbacks.
 
 A separate settings object (prefix ``REELGATE_GOOGLE_``) so that everything Google-specific
 lives next to the backend; it reads the same settings file as the main settings
-(``REELGATE_SETTINGS_FILE``). docs/google.md describes every variable.
+(``REELGATE_SETTINGS_FILE``). The README's Google section describes every variable.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def _load() -> tuple[GoogleSettings, list[ChannelConfig]]:
     if not channels:
         typer.echo("error: no Google channel is configured (set REELGATE_GOOGLE_API_KEY, "
                    "REELGATE_GOOGLE_CHANNELS, or REELGATE_GOOGLE_MODE=vertex with "
-                   "REELGATE_GOOGLE_PROJECT); see the README, "Serving real Veo videos"", err=True)
+                   "REELGATE_GOOGLE_PROJECT); see the README's Google section", err=True)
         raise typer.Exit(2)
     return gs, channels
 

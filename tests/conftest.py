@@ -19,6 +19,9 @@ import httpx
 import pytest
 from PIL import Image
 
+# The fake S3 server's fixtures (s3_endpoint, s3_admin, bucket), for every test module.
+pytest_plugins = ["tests.fake_s3"]
+
 # Images are served from 127.0.0.2 and only that address is allow-listed, so 127.0.0.1
 # stays a refused private address in the same server.
 IMAGE_HOST = "127.0.0.2"

@@ -9,11 +9,21 @@ import time
 import httpx
 
 from tests.conftest import ImageServer, make_image, wait_until_done
+from tests.fake_s3 import ACCESS_KEY, REGION, SECRET_KEY
 
 T2V = "/api/v3/google/veo3.1-fast/text-to-video"
 
 
-def test_two_apis_two_workers(cluster, images: ImageServer) -> None:  # type: ignore[no-untyped-def]
+def test_two_apis_two_workers(cluster, images: ImageServer, s3_endpoint: str,  # type: ignore[no-untyped-def]
+                              bucket: str, s3_admin) -> None:
+    # Videos go to S3 (moto's server on 127.0.0.1), served by presigned URLs.
+    cluster.env.update({
+        "REELGATE_STORAGE_URL": f"s3://{bucket}/videos",
+        "REELGATE_S3_ENDPOINT_URL": s3_endpoint,
+        "REELGATE_S3_REGION": REGION,
+        "REELGATE_S3_ACCESS_KEY_ID": ACCESS_KEY,
+        "REELGATE_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+    })
     api1, api2 = cluster.api(), cluster.api()
     workers = [cluster.worker(), cluster.worker()]
     key = api1.create_key("scaled")
@@ -34,7 +44,12 @@ def test_two_apis_two_workers(cluster, images: ImageServer) -> None:  # type: ig
         for pid in ids:
             done = wait_until_done(c2, pid, timeout=90)
             assert done["status"] == "completed", done
-            assert httpx.get(done["outputs"][0]).status_code == 200
+            assert done["outputs"][0].startswith(f"{s3_endpoint}/{bucket}/videos/")
+            video = httpx.get(done["outputs"][0])
+            assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+            # Stored before "completed" was written: the object is whole in the bucket.
+            head = s3_admin.head_object(Bucket=bucket, Key=f"videos/{pid[:2]}/{pid}.mp4")
+            assert head["ContentLength"] == len(video.content)
         # Sync mode on API 2 is answered by a notification from whichever worker ran it.
         t0 = time.monotonic()
         r = c2.post(T2V, json={"prompt": "sync across processes", "duration": 4,

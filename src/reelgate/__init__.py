@@ -1,42 +1,28 @@
-"""reelgate: a self-hostable video-generation API server for Google Veo models."""
+"""reelgate: a self-hostable video-generation API server for Google Veo models.
+
+``reelgate.Client``, ``reelgate.AsyncClient`` and the SDK's result and error types come from
+``reelgate.client``; they are exported lazily, because the server imports this package too
+and has no use for the client (nor should importing reelgate cost an httpx import for it).
+``reelgate.client.__all__`` is the one list of those names.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
-# The SDK is exported lazily: the server imports this package too and has no use for the
-# client (nor should importing reelgate cost an httpx import for it).
-_CLIENT_EXPORTS = frozenset({
-    "APIConnectionError",
-    "AsyncClient",
-    "AuthenticationError",
-    "Balance",
-    "Client",
-    "ContentPolicyError",
-    "InvalidRequestError",
-    "NotFoundError",
-    "Page",
-    "PermissionDeniedError",
-    "Prediction",
-    "PredictionFailed",
-    "RateLimitError",
-    "ReelgateError",
-    "ServerError",
-    "WaitTimeout",
-})
-
-__all__ = ["__version__", *sorted(_CLIENT_EXPORTS)]
-
 
 def __getattr__(name: str) -> Any:
-    if name in _CLIENT_EXPORTS:
-        from reelgate import client
-
-        return getattr(client, name)
+    # importlib, not "from reelgate import client": that form asks this very __getattr__
+    # for "client" before the submodule is bound, and recurses.
+    if not name.startswith("_") and name != "client":
+        client = importlib.import_module("reelgate.client")
+        if name in client.__all__:
+            return getattr(client, name)
     raise AttributeError(f"module 'reelgate' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_CLIENT_EXPORTS})
+    return sorted({*globals(), *importlib.import_module("reelgate.client").__all__})

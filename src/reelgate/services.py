@@ -18,7 +18,8 @@ from reelgate.jobs.runner import Runner
 from reelgate.jobs.webhooks import WebhookSender
 from reelgate.jobs.worker import LocalWorkers
 from reelgate.media.fetch import FetchPolicy
-from reelgate.media.storage import LocalStorage, UrlSigner
+from reelgate.media.s3 import build_storage
+from reelgate.media.storage import Storage, UrlSigner
 from reelgate.media.uploads import UploadLimits, Uploads
 from reelgate.policy import ContentPolicy
 from reelgate.ratelimit import RateLimiter
@@ -32,7 +33,7 @@ from reelgate.store.repo import Store
 class Services:
     settings: Settings
     store: Store
-    storage: LocalStorage
+    storage: Storage
     signer: UrlSigner
     notifier: LocalNotifier
     policy: ContentPolicy
@@ -54,7 +55,18 @@ class Services:
         await migrate.upgrade(engine)
         store = Store(engine)
         signer = UrlSigner(settings.signing_key, settings.media_url_ttl_s)
-        storage = LocalStorage(settings.videos_dir, signer, settings.public_media_base_url)
+        storage = build_storage(
+            settings.storage_url,
+            local_root=settings.videos_dir,
+            signer=signer,
+            public_base_url=settings.public_media_base_url,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key=settings.s3_access_key_id,
+            secret_key=settings.s3_secret_access_key,
+            presign_ttl_s=settings.media_url_ttl_s,
+            presign_endpoint_url=settings.s3_presign_endpoint_url,
+        )
         notifier = (
             RedisNotifier(settings.queue_url)
             if settings.queue_url.startswith(("redis://", "rediss://"))

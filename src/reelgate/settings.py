@@ -18,14 +18,14 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-def _settings_file() -> str | None:
+def settings_file() -> str | None:
     return os.environ.get("REELGATE_SETTINGS_FILE") or None
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REELGATE_",
-        env_file=_settings_file(),
+        env_file=settings_file(),
         env_file_encoding="utf-8",
         extra="ignore",
     )
@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     public_media_base_url: str = ""
     # HMAC key for signed media URLs. Empty means: generated once and kept in data_dir.
     url_signing_key: str = ""
+    # Where videos are stored: empty for data_dir/videos, a path, or s3://bucket/prefix.
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    # The address clients download from, when workers reach the S3 server at another one.
+    s3_presign_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
     media_url_ttl_s: int = 24 * 3600
 
     # --- jobs ------------------------------------------------------------------------------

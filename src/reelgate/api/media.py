@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
 from reelgate.errors import ApiError, NotFound
+from reelgate.media.storage import LocalStorage
 
 router = APIRouter(include_in_schema=False)
 
@@ -17,6 +18,9 @@ async def get_media(key: str, request: Request, expires: int = 0,
     if not services.signer.verify(key, expires, signature):
         raise ApiError(403, "This download link is invalid or has expired; read the "
                        "prediction again for a fresh link")
+    if not isinstance(services.storage, LocalStorage):
+        # Object storage hands out its own (presigned) links; nothing is served from here.
+        raise NotFound("No such file")
     try:
         path = services.storage.path(key)
     except ValueError:

@@ -9,7 +9,6 @@ lives next to the backend; it reads the same settings file as the main settings
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reelgate import catalog
+from reelgate.settings import settings_file
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -116,14 +116,10 @@ class ChannelConfig(BaseModel):
         return v
 
 
-def _settings_file() -> str | None:
-    return os.environ.get("REELGATE_SETTINGS_FILE") or None
-
-
 class GoogleSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="REELGATE_GOOGLE_",
-        env_file=_settings_file(),
+        env_file=settings_file(),
         env_file_encoding="utf-8",
         extra="ignore",
     )

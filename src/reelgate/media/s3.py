@@ -87,17 +87,6 @@ class S3Storage:
         self.presign_ttl_s = presign_ttl_s
         self.public_base_url = public_base_url.rstrip("/")
 
-        config = Config(
-            # Presigned URLs must be SigV4: some regions and most S3-compatible servers
-            # refuse the legacy signature.
-            signature_version="s3v4",
-            # Path-style (endpoint/bucket/key) when an endpoint is given: MinIO, Ceph and
-            # friends serve it without wildcard DNS, while virtual-host style needs it.
-            s3={"addressing_style": "path" if endpoint_url else "auto"},
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-        )
         # Empty values fall through to boto3's own chain (AWS_* variables, ~/.aws files,
         # instance or pod roles), so production can use short-lived credentials.
         session = boto3.session.Session(
@@ -105,14 +94,18 @@ class S3Storage:
             aws_secret_access_key=secret_key or None,
             region_name=region or None,
         )
-        self._client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+        self._client = session.client(
+            "s3", endpoint_url=endpoint_url or None, config=_client_config(endpoint_url)
+        )
         # The address workers reach the bucket at (http://minio:9000 inside a cluster) may
         # not be the one clients can reach. The host is part of the signature, so the URL
         # cannot be rewritten afterwards: presign with a client for the public address.
         # Presigning is local computation, so this client never opens a connection.
         if presign_endpoint_url and presign_endpoint_url != endpoint_url:
             self._presigner = session.client(
-                "s3", endpoint_url=presign_endpoint_url, config=config
+                "s3",
+                endpoint_url=presign_endpoint_url,
+                config=_client_config(presign_endpoint_url),
             )
         else:
             self._presigner = self._client
@@ -208,6 +201,23 @@ class S3Storage:
             ) from exc
         except (ClientError, BotoCoreError) as exc:
             raise StorageUnavailable(f"bucket {self.bucket!r} is not usable: {exc}") from exc
+
+
+def _client_config(endpoint_url: str) -> Config:
+    # Request checksums follow botocore's defaults. An S3-compatible server that rejects
+    # them is served by AWS_REQUEST_CHECKSUM_CALCULATION=when_required, which botocore
+    # reads itself, so it is not repeated as a setting of ours.
+    return Config(
+        # Presigned URLs must be SigV4: newer AWS regions and most S3-compatible servers
+        # refuse the legacy signature.
+        signature_version="s3v4",
+        # Path-style (endpoint/bucket/key) for a custom endpoint: MinIO, Ceph and friends
+        # serve it without wildcard DNS, which virtual-host style needs.
+        s3={"addressing_style": "path" if endpoint_url else "auto"},
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+    )
 
 
 def _error_code(exc: ClientError) -> str:

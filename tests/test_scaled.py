@@ -97,8 +97,14 @@ def test_worker_stop_hands_work_back(cluster) -> None:  # type: ignore[no-untype
             assert time.monotonic() < deadline
             time.sleep(0.1)
         first.stop()  # SIGTERM: graceful, releases the lease
-        cluster.worker(env)
+        second = cluster.worker(env)
         t0 = time.monotonic()
-        assert wait_until_done(c, pid, timeout=60)["status"] == "completed"
+        try:
+            assert wait_until_done(c, pid, timeout=60)["status"] == "completed"
+        except AssertionError:
+            # Say what the workers saw, so a failure here can be understood from CI's log.
+            for w in (first, second):
+                print(f"--- {w.log_path}:\n{w.log_path.read_text()[-3000:]}")
+            raise
         # Far sooner than the 120 s lease: it was handed back, not left to expire.
         assert time.monotonic() - t0 < 40

@@ -292,7 +292,8 @@ class WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reelgate.cli", "worker", "--log-level", os.environ.get("REELGATE_TEST_WORKER_LOG", "warning")],
+            [sys.executable, "-m", "reelgate.cli", "worker", "--log-level",
+             os.environ.get("REELGATE_TEST_WORKER_LOG", "info")],
             env=self.env, stdout=log, stderr=log,
         )
         return self

@@ -72,6 +72,20 @@ async def test_claim_is_exclusive_until_the_lease_expires(store: Store) -> None:
     assert done is not None and done.status == "completed" and done.outputs == ["x.mp4"]
 
 
+async def test_renew_leases_extends_all_of_one_owner(store: Store) -> None:
+    account_id, key_id = await account_with_key(store)
+    mine = [await add(store, account_id, key_id) for _ in range(3)]
+    theirs = await add(store, account_id, key_id)
+    for pid in mine:
+        assert await store.claim(pid, "w1", ttl_s=0.5)
+    assert await store.claim(theirs, "w2", ttl_s=0.5)
+    assert await store.renew_leases("w1", ttl_s=30) == 3
+    await asyncio.sleep(0.7)
+    # w1's leases live on; w2's ran out and can be taken over.
+    assert all([await store.claim(pid, "w3", ttl_s=30) is None for pid in mine])
+    assert await store.claim(theirs, "w3", ttl_s=30) is not None
+
+
 async def test_concurrent_claims_one_winner(store: Store) -> None:
     account_id, key_id = await account_with_key(store)
     pid = await add(store, account_id, key_id)

@@ -21,7 +21,7 @@ from datetime import timedelta
 from taskiq import AsyncBroker
 from taskiq_redis import RedisStreamBroker
 
-from reelgate.jobs.runner import Runner
+from reelgate.jobs.runner import Runner, renew_forever
 from reelgate.jobs.worker import worker_id
 from reelgate.store.repo import Store
 from reelgate.store.tables import utcnow
@@ -128,6 +128,9 @@ class QueueWorker:
             self._loops.append(asyncio.create_task(self._consume(backend),
                                                    name=f"consume-{backend}"))
         self._loops.append(asyncio.create_task(self._reconcile(), name="reconciler"))
+        self._loops.append(asyncio.create_task(
+            renew_forever(self.store, self.owner, self.runner.settings.lease_ttl_s),
+            name="leases"))
 
     async def stop(self) -> None:
         """Stop taking work and hand back what runs (the runner releases each lease), so

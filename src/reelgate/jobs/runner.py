@@ -101,7 +101,7 @@ class Runner:
             return
         log.info("prediction %s processing on %s (attempt %d)", pred.id, pred.backend,
                  pred.attempts)
-        renewer = asyncio.create_task(self._renew(pred.id, owner, ttl))
+        # The lease is renewed by the worker pool for all its rows at once (renew_leases).
         try:
             await self._generate(pred, owner)
         except asyncio.CancelledError:
@@ -109,10 +109,6 @@ class Runner:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release_lease(pred.id, owner))
             raise
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
         await self.notifier.publish(pred.id)
 
     async def _generate(self, pred: Prediction, owner: str) -> None:
@@ -165,12 +161,15 @@ class Runner:
         else:
             log.warning("prediction %s: lease lost before completion", pred.id)
 
-    async def _renew(self, prediction_id: str, owner: str, ttl: float) -> None:
-        while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                if not await self.store.renew_lease(prediction_id, owner, ttl):
-                    log.warning("prediction %s: lease lost", prediction_id)
-                    return
-            except Exception:
-                log.exception("prediction %s: lease renewal failed", prediction_id)
+
+async def renew_forever(store: Store, owner: str, ttl_s: float) -> None:
+    """Keep every lease of one worker pool alive, a third of the TTL apart. If this process
+    stalls or dies, the leases run out and other workers take the rows over."""
+    while True:
+        await asyncio.sleep(ttl_s / 3)
+        try:
+            await store.renew_leases(owner, ttl_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("lease renewal failed")

@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 
-from reelgate.jobs.runner import Runner
+from reelgate.jobs.runner import Runner, renew_forever
 from reelgate.store.repo import Store
 
 log = logging.getLogger("reelgate.jobs")
@@ -56,6 +56,9 @@ class LocalWorkers:
             for i in range(self.concurrency)
         ]
         self._tasks.append(asyncio.create_task(self._reconcile(), name="reelgate-reconciler"))
+        self._tasks.append(asyncio.create_task(
+            renew_forever(self.store, self.owner, self.runner.settings.lease_ttl_s),
+            name="reelgate-leases"))
 
     async def stop(self) -> None:
         for task in self._tasks:

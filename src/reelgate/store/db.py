@@ -28,4 +28,8 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    # A worker may hold thousands of predictions; a burst of their queries waits for a
+    # connection (pool_timeout) rather than failing: the work is waiting on upstream anyway.
+    return create_async_engine(
+        url, pool_size=20, max_overflow=30, pool_timeout=300, pool_pre_ping=True
+    )

@@ -360,10 +360,24 @@ class Store:
                     ),
                     updated_at=now,
                 )
+                .returning(*predictions.c)
             )
-            if result.rowcount != 1:
-                return None
-        return await self.get(prediction_id)
+            row = result.first()
+        # RETURNING gives the claimed row in the same round trip (SQLite 3.35+, PostgreSQL).
+        return _prediction(row) if row is not None else None
+
+    async def renew_leases(self, owner: str, ttl_s: float) -> int:
+        """Extend every lease ``owner`` holds, in one statement: a worker with thousands of
+        predictions in flight renews them all at once, not one query each."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(predictions)
+                .where(predictions.c.lease_owner == owner,
+                       predictions.c.status == PROCESSING)
+                .values(lease_expires_at=now + timedelta(seconds=ttl_s))
+            )
+        return int(result.rowcount)
 
     async def renew_lease(self, prediction_id: str, owner: str, ttl_s: float) -> bool:
         now = utcnow()

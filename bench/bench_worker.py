@@ -92,15 +92,17 @@ async def setup_db(db_url: str) -> tuple[str, str]:
     return account_id, key.id
 
 
-def wait_for(metrics_url: str, target: int, timeout: float) -> tuple[int, float]:
+def wait_for(fake: FakeGoogle, target: int, timeout: float) -> tuple[int, float]:
+    """Until ``target`` operations exist upstream: each is a prediction the worker submitted,
+    checkpointed and now polls, i.e. really in flight."""
     start = time.monotonic()
-    best = 0
+    created = 0
     while time.monotonic() - start < timeout:
-        best = in_flight(metrics_url)
-        if best >= target:
+        created = len(fake.calls("create"))
+        if created >= target:
             break
-        time.sleep(2)
-    return best, time.monotonic() - start
+        time.sleep(1)
+    return created, time.monotonic() - start
 
 
 def main() -> None:
@@ -158,7 +160,7 @@ def main() -> None:
             t0 = time.monotonic()
             asyncio.run(enqueue(db_url, target - queued, account))
             queued = target
-            held, waited = wait_for(metrics_url, target, timeout=600)
+            held, waited = wait_for(fake, target, timeout=900)
             time.sleep(12)  # let a round of polls pass before reading memory
             creates = len(fake.calls("create"))
             print(f"    {target:6d} queued: {in_flight(metrics_url):6d} in flight "

@@ -114,6 +114,8 @@ class QueueWorker:
         self.dispatch_grace_s = dispatch_grace_s
         self.owner = worker_id()
         self._running: set[asyncio.Task[None]] = set()
+        # Ids being run here, so the reconciler does not start a second copy of one.
+        self._active: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
         # The backends this process runs: those it has (configured) and a queue for.
         self._backends = [b for b in concurrency if b in queue.brokers]
@@ -159,6 +161,13 @@ class QueueWorker:
             self._spawn(prediction_id, slots, message)
 
     def _spawn(self, prediction_id: str, slots: asyncio.Semaphore, message: object) -> None:
+        if prediction_id in self._active:
+            slots.release()
+            if message is not None:
+                asyncio.create_task(_ack(message))
+            return
+        self._active.add(prediction_id)
+
         async def run() -> None:
             try:
                 await self.runner.run(prediction_id, self.owner)
@@ -168,6 +177,7 @@ class QueueWorker:
                 log.exception("worker error on prediction %s", prediction_id)
             finally:
                 slots.release()
+                self._active.discard(prediction_id)
             # Acknowledge only after the row was dealt with: a worker killed mid-run leaves
             # the message pending, to be claimed by another consumer.
             if message is not None:
@@ -185,7 +195,7 @@ class QueueWorker:
                     self._backends, created_before=grace, limit=100
                 ):
                     slots = self._slots[backend]
-                    if slots.locked():
+                    if slots.locked() or prediction_id in self._active:
                         continue
                     await slots.acquire()
                     self._spawn(prediction_id, slots, None)

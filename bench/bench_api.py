@@ -126,10 +126,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-def bench_create(seconds: float, concurrency: int, workdir: Path) -> dict[str, float]:
+def bench_create(seconds: float, concurrency: int, workdir: Path,
+                 extra_env: dict[str, str] | None = None) -> dict[str, float]:
     env = {**os.environ, "REELGATE_DATA_DIR": str(workdir / "create"),
            "REELGATE_RUN_WORKERS": "false", "REELGATE_RATE_PER_MINUTE": "100000000",
-           "REELGATE_MAX_CONCURRENT": "100000000", "REELGATE_LOG_FORMAT": "text"}
+           "REELGATE_MAX_CONCURRENT": "100000000", "REELGATE_LOG_FORMAT": "text",
+           **(extra_env or {})}
     bare_file = workdir / "bare_app.py"
     bare_file.write_text(BARE_APP)
     rg_port, bare_port = free_port(), free_port()
@@ -259,6 +261,34 @@ def bench_sync_scaled(n: int, workdir: Path) -> list[float] | None:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 
 
+def create_on_postgres(seconds: float, concurrency: int, workdir: Path) -> dict | None:
+    """The same create benchmark with the scaled-out adapters (a pool of PostgreSQL
+    connections instead of SQLite's single writer; dispatch to a Redis stream)."""
+    try:
+        import asyncpg
+        import redis
+        redis.Redis.from_url("redis://127.0.0.1:6379/9").flushdb()
+    except Exception as exc:  # noqa: BLE001
+        print(f"    (PostgreSQL variant skipped: {exc})")
+        return None
+    dbname = f"reelgate_bench_create_{os.getpid()}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+        await conn.execute(sql)
+        await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{dbname}"'))
+    try:
+        (workdir / "create").mkdir(exist_ok=True)
+        return bench_create(seconds, concurrency, workdir, {
+            "REELGATE_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}",
+            "REELGATE_QUEUE_URL": "redis://127.0.0.1:6379/9",
+        })
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
@@ -277,6 +307,12 @@ def main() -> None:
                   f"p99 {v['p99']:7.2f} ms   errors {v['errors']}")
         print(f"    ratio reelgate/bare: throughput {r['reelgate']['rps'] / r['bare']['rps']:.3f}"
               f", p50 latency x{r['reelgate']['p50'] / r['bare']['p50']:.1f}")
+        pg = create_on_postgres(args.seconds, args.concurrency, workdir)
+        if pg:
+            v = pg["reelgate"]
+            print(f"    reelgate on PostgreSQL + Redis queue: {v['rps']:8.1f} req/s   "
+                  f"p50 {v['p50']:7.2f} ms   p99 {v['p99']:7.2f} ms   "
+                  f"(ratio {v['rps'] / pg['bare']['rps']:.3f})")
         emb = bench_sync_embedded(args.sync_samples, workdir)
         print(f"(c) backend end -> sync client answer, embedded ({len(emb)} samples): "
               f"p50 {statistics.median(emb):.1f} ms, max {max(emb):.1f} ms")

@@ -122,6 +122,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     fake = FakeGoogle(make_video(tmp / "v.mp4"))
     fake.hold = True  # every operation stays pending: the upstream is slow, forever
+    # The test fake listens with http.server's backlog of 5; at thousands of connections
+    # that drops SYNs and measures TCP retransmits, not the worker. Google takes them all.
+    fake.httpd.socket.listen(4096)
     metrics_port = free_port()
     env = {
         **os.environ,

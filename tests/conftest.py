@@ -311,6 +311,8 @@ class WorkerProcess:
 @pytest.fixture
 def cluster(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-untyped-def]
     """Start API and worker processes sharing one PostgreSQL database and one Redis."""
+    import uuid
+
     started: list[ServerProcess | WorkerProcess] = []
     data_dir = tmp_path / "cluster"
 
@@ -318,6 +320,8 @@ def cluster(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-unt
         env = {
             "REELGATE_DATABASE_URL": pg_url,
             "REELGATE_QUEUE_URL": redis_url,
+            # Streams of this cluster alone: a stray consumer elsewhere cannot take its work.
+            "REELGATE_QUEUE_PREFIX": f"reelgate-test-{uuid.uuid4().hex[:8]}",
         }
 
         def api(self, extra: dict[str, str] | None = None) -> ServerProcess:

@@ -108,3 +108,24 @@ def test_worker_stop_hands_work_back(cluster) -> None:  # type: ignore[no-untype
             raise
         # Far sooner than the 120 s lease: it was handed back, not left to expire.
         assert time.monotonic() - t0 < 40
+
+
+async def test_queue_prefix_keeps_deployments_apart(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from reelgate.jobs.redis_queue import RedisQueue, queue_name
+
+    a = RedisQueue(redis_url, ["sandbox"], prefix="deploy-a")
+    b = RedisQueue(redis_url, ["sandbox"], prefix="deploy-b")
+    await a.start()
+    await b.start()
+    try:
+        await a.dispatch("p1", "sandbox")
+        await a.dispatch("p2", "sandbox")
+        async with aioredis.Redis.from_url(redis_url) as r:
+            assert await r.xlen(queue_name("sandbox", "deploy-a")) == 2
+            assert await r.xlen(queue_name("sandbox", "deploy-b")) == 0
+        assert (await a.depth())["sandbox"] == 2 and (await b.depth())["sandbox"] == 0
+    finally:
+        await a.close()
+        await b.close()

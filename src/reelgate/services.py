@@ -68,7 +68,7 @@ class Services:
             presign_endpoint_url=settings.s3_presign_endpoint_url,
         )
         notifier = (
-            RedisNotifier(settings.queue_url)
+            RedisNotifier(settings.queue_url, settings.queue_prefix)
             if settings.queue_url.startswith(("redis://", "rediss://"))
             else LocalNotifier()
         )
@@ -101,7 +101,9 @@ class Services:
         await notifier.start()
         distributed = settings.queue_url.startswith(("redis://", "rediss://"))
         if distributed:
-            services.queue = RedisQueue(settings.queue_url, settings.all_backends())
+            services.queue = RedisQueue(
+                settings.queue_url, settings.all_backends(), prefix=settings.queue_prefix
+            )
             await services.queue.start()
         if run_workers is None:
             # Embedded: the server runs its own workers. Scaled out: `reelgate worker` does.

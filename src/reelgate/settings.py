@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Empty: in-process workers. redis://host:port/db: a Redis stream per backend, consumed
     # by `reelgate worker` processes; sync-mode answers also travel through Redis.
     queue_url: str = ""
+    # Names of this deployment's streams and channels in Redis, so several deployments
+    # (or test runs) can share one Redis without taking each other's messages.
+    queue_prefix: str = "reelgate"
     # Whether `reelgate serve` runs workers too; default: yes embedded, no with a queue.
     run_workers: bool | None = None
     # Predictions run at once per process, by backend. The sandbox renders on the CPU;

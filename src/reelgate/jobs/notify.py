@@ -51,10 +51,9 @@ class RedisNotifier(LocalNotifier):
     is answered when a worker anywhere ends the prediction. One subscription per process
     fans out to the local waiters; nobody polls the database in a loop."""
 
-    CHANNEL = "reelgate:prediction-ended"
-
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, prefix: str = "reelgate") -> None:
         super().__init__()
+        self.channel = f"{prefix}:prediction-ended"
         from redis.asyncio import Redis
 
         self._redis = Redis.from_url(url)
@@ -73,7 +72,7 @@ class RedisNotifier(LocalNotifier):
         await self._redis.aclose()
 
     async def publish(self, prediction_id: str) -> None:
-        await self._redis.publish(self.CHANNEL, prediction_id)
+        await self._redis.publish(self.channel, prediction_id)
         for listener in self.listeners:
             listener(prediction_id)
 
@@ -81,7 +80,7 @@ class RedisNotifier(LocalNotifier):
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self.CHANNEL)
+                    await pubsub.subscribe(self.channel)
                     self._ready.set()
                     async for message in pubsub.listen():
                         if message.get("type") != "message":

@@ -37,21 +37,23 @@ async def _run_prediction(prediction_id: str) -> None:
     raise RuntimeError("consumed by reelgate workers, not by taskiq's receiver")
 
 
-def queue_name(backend: str) -> str:
-    return f"reelgate:predictions:{backend}"
+def queue_name(backend: str, prefix: str = "reelgate") -> str:
+    return f"{prefix}:predictions:{backend}"
 
 
 class RedisQueue:
     """Dispatch side: used by API processes (and by workers' reconcilers)."""
 
-    def __init__(self, url: str, backends: Iterable[str], *, prefetch: int = 50) -> None:
+    def __init__(self, url: str, backends: Iterable[str], *, prefix: str = "reelgate",
+                 prefetch: int = 50) -> None:
         self.url = url
+        self.prefix = prefix
         self.brokers: dict[str, AsyncBroker] = {}
         self._tasks = {}
         for backend in backends:
             broker = RedisStreamBroker(
                 url,
-                queue_name=queue_name(backend),
+                queue_name=queue_name(backend, prefix),
                 consumer_group_name="reelgate-workers",
                 consumer_name=worker_id(),
                 xread_count=prefetch,
@@ -91,7 +93,7 @@ class RedisQueue:
         async with Redis.from_url(self.url) as redis:
             for backend in self.brokers:
                 try:
-                    groups = await redis.xinfo_groups(queue_name(backend))
+                    groups = await redis.xinfo_groups(queue_name(backend, self.prefix))
                     out[backend] = sum(int(g.get("lag") or 0) + int(g.get("pending") or 0)
                                        for g in groups)
                 except Exception:

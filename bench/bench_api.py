@@ -221,12 +221,7 @@ def bench_sync_scaled(n: int, workdir: Path) -> list[float] | None:
         return None
     dbname = f"reelgate_bench_{os.getpid()}"
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
-        await conn.execute(sql)
-        await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{dbname}"'))
+    pg_admin(f'CREATE DATABASE "{dbname}"')
     env = {**os.environ, "REELGATE_DATA_DIR": str(workdir / "scaled"),
            "REELGATE_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}",
            "REELGATE_QUEUE_URL": "redis://127.0.0.1:6379/9", "REELGATE_SANDBOX_MAX_HEIGHT": "90",
@@ -258,14 +253,13 @@ def bench_sync_scaled(n: int, workdir: Path) -> list[float] | None:
         worker.terminate()
         api.wait()
         worker.wait()
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        pg_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def create_on_postgres(seconds: float, concurrency: int, workdir: Path) -> dict | None:
     """The same create benchmark with the scaled-out adapters (a pool of PostgreSQL
     connections instead of SQLite's single writer; dispatch to a Redis stream)."""
     try:
-        import asyncpg
         import redis
         redis.Redis.from_url("redis://127.0.0.1:6379/9").flushdb()
     except Exception as exc:  # noqa: BLE001
@@ -273,12 +267,7 @@ def create_on_postgres(seconds: float, concurrency: int, workdir: Path) -> dict 
         return None
     dbname = f"reelgate_bench_create_{os.getpid()}"
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
-        await conn.execute(sql)
-        await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{dbname}"'))
+    pg_admin(f'CREATE DATABASE "{dbname}"')
     try:
         (workdir / "create").mkdir(exist_ok=True)
         return bench_create(seconds, concurrency, workdir, {
@@ -286,7 +275,20 @@ def create_on_postgres(seconds: float, concurrency: int, workdir: Path) -> dict 
             "REELGATE_QUEUE_URL": "redis://127.0.0.1:6379/9",
         })
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        pg_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def pg_admin(sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
 
 
 def main() -> None:

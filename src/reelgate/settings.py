@@ -18,6 +18,16 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+def split_list(v: object) -> object:
+    """A list setting from the environment: a JSON list, or "a,b,c"."""
+    if isinstance(v, str):
+        v = v.strip()
+        if v.startswith("["):
+            return json.loads(v)
+        return [item.strip() for item in v.split(",") if item.strip()]
+    return v
+
+
 def settings_file() -> str | None:
     return os.environ.get("REELGATE_SETTINGS_FILE") or None
 
@@ -145,13 +155,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _split_list(cls, v: object) -> object:
-        # Allow "a,b,c" in an environment variable as well as JSON lists.
-        if isinstance(v, str):
-            v = v.strip()
-            if v.startswith("["):
-                return json.loads(v)
-            return [item.strip() for item in v.split(",") if item.strip()]
-        return v
+        return split_list(v)
 
     def all_backends(self) -> list[str]:
         names = {self.default_backend, *self.model_backends.values(), "sandbox"}

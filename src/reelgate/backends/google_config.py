@@ -8,7 +8,6 @@ lives next to the backend; it reads the same settings file as the main settings
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reelgate import catalog
-from reelgate.settings import settings_file
+from reelgate.settings import settings_file, split_list
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -180,12 +179,7 @@ class GoogleSettings(BaseSettings):
     @field_validator("api_keys", "fallbacks", mode="before")
     @classmethod
     def _split_list(cls, v: object) -> object:
-        if isinstance(v, str):
-            v = v.strip()
-            if v.startswith("["):
-                return json.loads(v)
-            return [item.strip() for item in v.split(",") if item.strip()]
-        return v
+        return split_list(v)
 
     @field_validator("fallbacks")
     @classmethod

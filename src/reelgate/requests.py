@@ -44,6 +44,9 @@ class CreateBody(BaseModel):
     negative_prompt: str | None = None
     seed: int | None = None
     generate_audio: bool | None = None
+    webhook: str | None = Field(
+        None, description="URL to POST the prediction to when it ends (or ?webhook=...)."
+    )
 
 
 @dataclass(frozen=True)

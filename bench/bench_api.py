@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -88,6 +90,35 @@ async def load(url: str, headers: dict[str, str], body: dict, seconds: float,
     return len(latencies), latencies, errors
 
 
+def make_key(env: dict[str, str]) -> str:
+    return subprocess.run([sys.executable, "-m", "reelgate.cli", "keys", "create", "--name",
+                           "bench"], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@contextmanager
+def scaled_out(label: str) -> Iterator[dict[str, str] | None]:
+    """A scratch PostgreSQL database and an emptied Redis db for one benchmark, as the
+    REELGATE_* settings that select them; None when either service is not there."""
+    dbname = f"reelgate_bench_{label}_{os.getpid()}"
+    try:
+        import redis
+
+        redis.Redis.from_url("redis://127.0.0.1:6379/9").flushdb()
+        pg_admin(f'CREATE DATABASE "{dbname}"')
+    except Exception as exc:  # noqa: BLE001 - any failure: no scaled-out services here
+        print(f"    ({label}: skipped, {exc})")
+        yield None
+        return
+    try:
+        yield {
+            "REELGATE_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}",
+            "REELGATE_QUEUE_URL": "redis://127.0.0.1:6379/9",
+        }
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
 def wrk_load(url: str, headers: dict[str, str], body: dict, seconds: float,
              concurrency: int, workdir: Path) -> dict[str, float]:
     """Load with wrk (C, epoll): a Python client on the same 2 cores would be the
@@ -143,9 +174,7 @@ def bench_create(seconds: float, concurrency: int, workdir: Path,
     try:
         wait_up(f"http://127.0.0.1:{rg_port}/healthz")
         wait_up(f"http://127.0.0.1:{bare_port}/")
-        key = subprocess.run([sys.executable, "-m", "reelgate.cli", "keys", "create",
-                              "--name", "bench"], env=env, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        key = make_key(env)
         body = {"prompt": "a benchmark of the create path", "duration": 4}
         path = "/api/v3/google/veo3.1-fast/text-to-video"
         results = {}
@@ -194,9 +223,7 @@ def bench_sync_embedded(n: int, workdir: Path) -> list[float]:
                   "--log-level", "warning"], env, workdir / "sync.log")
     try:
         wait_up(f"http://127.0.0.1:{port}/healthz")
-        key = subprocess.run([sys.executable, "-m", "reelgate.cli", "keys", "create", "--name",
-                              "b"], env=env, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        key = make_key(env)
 
         def completed_at(pid: str) -> float:
             with sqlite3.connect(data_dir / "reelgate.db") as conn:
@@ -212,70 +239,51 @@ def bench_sync_embedded(n: int, workdir: Path) -> list[float]:
 
 
 def bench_sync_scaled(n: int, workdir: Path) -> list[float] | None:
-    try:
-        import asyncpg
-        import redis
-        redis.Redis.from_url("redis://127.0.0.1:6379/9").flushdb()
-    except Exception as exc:  # noqa: BLE001
-        print(f"(c) scaled: skipped ({exc})")
-        return None
-    dbname = f"reelgate_bench_{os.getpid()}"
+    with scaled_out("sync") as services:
+        if services is None:
+            return None
+        env = {**os.environ, **services, "REELGATE_DATA_DIR": str(workdir / "scaled"),
+               "REELGATE_SANDBOX_MAX_HEIGHT": "90", "REELGATE_LOG_FORMAT": "text"}
+        dsn = services["REELGATE_DATABASE_URL"].replace("postgresql+asyncpg", "postgresql")
+        port = free_port()
+        api = start([sys.executable, "-m", "reelgate.cli", "serve", "--port", str(port),
+                     "--log-level", "warning"], env, workdir / "scaled-api.log")
+        worker = start([sys.executable, "-m", "reelgate.cli", "worker", "--log-level",
+                        "warning"], env, workdir / "scaled-worker.log")
+        try:
+            wait_up(f"http://127.0.0.1:{port}/healthz")
+            key = make_key(env)
 
-    pg_admin(f'CREATE DATABASE "{dbname}"')
-    env = {**os.environ, "REELGATE_DATA_DIR": str(workdir / "scaled"),
-           "REELGATE_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}",
-           "REELGATE_QUEUE_URL": "redis://127.0.0.1:6379/9", "REELGATE_SANDBOX_MAX_HEIGHT": "90",
-           "REELGATE_LOG_FORMAT": "text"}
-    port = free_port()
-    api = start([sys.executable, "-m", "reelgate.cli", "serve", "--port", str(port),
-                 "--log-level", "warning"], env, workdir / "scaled-api.log")
-    worker = start([sys.executable, "-m", "reelgate.cli", "worker", "--log-level", "warning"],
-                   env, workdir / "scaled-worker.log")
-    try:
-        wait_up(f"http://127.0.0.1:{port}/healthz")
-        key = subprocess.run([sys.executable, "-m", "reelgate.cli", "keys", "create", "--name",
-                              "b"], env=env, capture_output=True, text=True,
-                             check=True).stdout.strip()
+            def completed_at(pid: str) -> float:
+                import asyncpg
 
-        def completed_at(pid: str) -> float:
-            async def q() -> float:
-                conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{dbname}")
-                value = await conn.fetchval("select completed_at from predictions where id=$1",
-                                            pid)
-                await conn.close()
-                return value.timestamp()
+                async def q() -> float:
+                    conn = await asyncpg.connect(dsn)
+                    try:
+                        value = await conn.fetchval(
+                            "select completed_at from predictions where id=$1", pid)
+                    finally:
+                        await conn.close()
+                    return value.timestamp()
 
-            return asyncio.run(q())
+                return asyncio.run(q())
 
-        return sync_delays(f"http://127.0.0.1:{port}", key, n, completed_at)
-    finally:
-        api.terminate()
-        worker.terminate()
-        api.wait()
-        worker.wait()
-        pg_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            return sync_delays(f"http://127.0.0.1:{port}", key, n, completed_at)
+        finally:
+            api.terminate()
+            worker.terminate()
+            api.wait()
+            worker.wait()
 
 
 def create_on_postgres(seconds: float, concurrency: int, workdir: Path) -> dict | None:
     """The same create benchmark with the scaled-out adapters (a pool of PostgreSQL
     connections instead of SQLite's single writer; dispatch to a Redis stream)."""
-    try:
-        import redis
-        redis.Redis.from_url("redis://127.0.0.1:6379/9").flushdb()
-    except Exception as exc:  # noqa: BLE001
-        print(f"    (PostgreSQL variant skipped: {exc})")
-        return None
-    dbname = f"reelgate_bench_create_{os.getpid()}"
-
-    pg_admin(f'CREATE DATABASE "{dbname}"')
-    try:
+    with scaled_out("create") as services:
+        if services is None:
+            return None
         (workdir / "create").mkdir(exist_ok=True)
-        return bench_create(seconds, concurrency, workdir, {
-            "REELGATE_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}",
-            "REELGATE_QUEUE_URL": "redis://127.0.0.1:6379/9",
-        })
-    finally:
-        pg_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        return bench_create(seconds, concurrency, workdir, services)
 
 
 def pg_admin(sql: str) -> None:

@@ -265,10 +265,12 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A Redis database of its own (db 7), emptied before and after the test."""
+    """A Redis database of its own (db 7 unless REELGATE_TEST_REDIS_DB says otherwise), emptied
+    before and after the test. Test runs sharing one Redis (several checkouts on one machine)
+    each pick their own number so one run's flush cannot wipe another's streams."""
     import redis
 
-    url = f"{REDIS_URL}/7"
+    url = f"{REDIS_URL}/{os.environ.get('REELGATE_TEST_REDIS_DB', '7')}"
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
         client.flushdb()

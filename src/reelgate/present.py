@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from reelgate import catalog
-from reelgate.media.storage import Storage
+from reelgate.errors import ApiError
+from reelgate.media.storage import Storage, TooLarge
 from reelgate.store.repo import Prediction
 from reelgate.store.tables import COMPLETED, FAILED
 
@@ -38,3 +40,32 @@ def prediction_data(pred: Prediction, base_url: str, storage: Storage) -> dict[s
 
 def envelope(data: Any) -> dict[str, Any]:
     return {"code": 200, "message": "success", "data": data}
+
+
+def wants_base64(pred: Prediction) -> bool:
+    return bool(pred.params.get("enable_base64_output")) and pred.status == COMPLETED
+
+
+async def inline_outputs(data: dict[str, Any], pred: Prediction, storage: Storage,
+                         max_bytes: int) -> dict[str, Any]:
+    """WaveSpeed's ``enable_base64_output``: each output as naked base64 (the standard
+    alphabet, no ``data:`` prefix, no line breaks) in place of its URL. An output over
+    ``max_bytes`` is an HTTP 413 that says how to get it, never a URL in its place."""
+    if not wants_base64(pred):
+        return data
+    encoded = []
+    for key in pred.outputs:
+        try:
+            raw = await storage.read_bytes(key, max_bytes)
+        except TooLarge as exc:
+            raise ApiError(
+                413,
+                f"enable_base64_output: the video of prediction {pred.id} is {exc.size} bytes, "
+                f"over this server's inline limit of {exc.limit} bytes. The prediction is "
+                f"completed and kept; read it as a URL with GET "
+                f"{data['urls']['get']}?enable_base64_output=false",
+            ) from None
+        except FileNotFoundError:
+            raise ApiError(404, f"The video of prediction {pred.id} is no longer stored") from None
+        encoded.append(base64.b64encode(raw).decode("ascii"))
+    return {**data, "outputs": encoded}

@@ -41,6 +41,11 @@ class CreateBody(BaseModel):
     enable_sync_mode: bool | None = Field(
         None, description="Hold the request until the prediction ends."
     )
+    enable_base64_output: bool | None = Field(
+        None,
+        description="Answer with each output video as naked base64 (no data: prefix) instead "
+        "of a URL, in the sync answer and when reading the prediction; not with a webhook.",
+    )
     negative_prompt: str | None = None
     seed: int | None = None
     generate_audio: bool | None = None
@@ -68,6 +73,7 @@ class CreateRequest:
     negative_prompt: str | None
     seed: int | None
     generate_audio: bool
+    enable_base64_output: bool = False
 
     @property
     def output_resolution(self) -> str:
@@ -89,6 +95,7 @@ class CreateRequest:
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
             "generate_audio": self.generate_audio,
+            "enable_base64_output": self.enable_base64_output,
             "reference_count": len(self.images),
             "has_image": self.image is not None,
             "has_last_image": self.last_image is not None,
@@ -223,6 +230,7 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         negative_prompt=(b.negative_prompt or "").strip() or None,
         seed=b.seed,
         generate_audio=_default(b.generate_audio, "generate_audio"),
+        enable_base64_output=_default(b.enable_base64_output, "enable_base64_output"),
     )
 
 

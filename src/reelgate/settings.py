@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 2.0
     # Longest a sync-mode request is held before it is answered with the object as it is.
     sync_timeout_s: float = 300.0
+    # enable_base64_output: the largest video (bytes, before encoding; base64 adds a third)
+    # an answer carries inline. A larger one is answered with HTTP 413 and a message that
+    # says how to fetch it, never silently as a URL.
+    base64_output_max_bytes: int = 32 * 1024 * 1024
 
     # --- routing -----------------------------------------------------------------------
     # Backend for every model unless model_backends names another for it.

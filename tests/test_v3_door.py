@@ -348,3 +348,52 @@ def test_wavespeed_sdk_gets_base64_outputs(srv: ServerProcess, tmp_path: Path) -
                      {"prompt": "inline through the SDK", "duration": 4,
                       "enable_base64_output": True}, enable_sync_mode=True)
     assert _is_mp4(base64.b64decode(out["outputs"][0]), tmp_path)
+
+
+# --- reelgate's own SDK --------------------------------------------------------------------
+
+
+def test_sdk_verifies_both_signatures_and_saves_base64_outputs(srv: ServerProcess,
+                                                                tmp_path: Path) -> None:
+    from reelgate import Client, WebhookVerificationError, verify_webhook
+
+    key = srv.create_key("sdkhooks")
+    receiver = WaveSpeedReceiver()
+    try:
+        with Client(key, srv.base_url) as client:
+            secret = client.webhook_secret()
+            receiver.secret = secret
+            pred = client.run("veo3.1-fast", prompt="sdk hook", webhook=receiver.url,
+                              duration=4, timeout=60, poll_interval=0.2)
+            receiver.wait_calls(1)
+            call = receiver.calls[0]
+            assert call["verdict"] == "ok"
+            assert verify_webhook(call["body"], call["headers"], secret)["id"] == pred.id
+            with pytest.raises(WebhookVerificationError, match="does not match"):
+                verify_webhook(call["body"].replace(b"completed", b"failed"), call["headers"],
+                               secret)
+            with pytest.raises(WebhookVerificationError, match="away from now"):
+                verify_webhook(call["body"], call["headers"], secret,
+                               now=int(call["headers"]["webhook-timestamp"]) + 301)
+            # The account switches to Standard Webhooks: the same helper verifies v1 too.
+            admin = httpx.Client(base_url=srv.base_url,
+                                 headers={"Authorization": f"Bearer {ADMIN}"})
+            assert admin.patch("/admin/v1/accounts/sdkhooks",
+                               json={"webhook_scheme": "standard"}).status_code == 200
+            client.run("veo3.1-fast", prompt="sdk hook v1", webhook=receiver.url, duration=4,
+                       timeout=60, poll_interval=0.2)
+            receiver.wait_calls(2)
+            v1 = receiver.calls[1]
+            assert v1["headers"]["webhook-signature"].startswith("v1,")
+            assert verify_webhook(v1["body"], v1["headers"], secret)["status"] == "completed"
+            with pytest.raises(WebhookVerificationError):
+                verify_webhook(v1["body"] + b" ", v1["headers"], secret)
+            # enable_base64_output through the SDK: download() writes the decoded video.
+            inline = client.create("veo3.1-fast", prompt="inline sdk", duration=4, sync=True,
+                                   enable_base64_output=True)
+            assert inline.ok and "://" not in inline.outputs[0]
+            path = client.download(inline, tmp_path / "inline.mp4")
+            assert path.read_bytes() == base64.b64decode(inline.outputs[0])
+            assert probe_video(path).video_codec == "h264"
+    finally:
+        receiver.close()

@@ -263,13 +263,13 @@ def test_cancel_releases_the_hold(start_server) -> None:  # type: ignore[no-unty
     with srv.client(key) as c:
         first = c.post(T2V, json={"prompt": "runs", "duration": 4}).json()["data"]["id"]
         second = c.post(T2V, json={"prompt": "waits", "duration": 4}).json()["data"]["id"]
-        assert c.get("/api/v3/balance").json()["data"]["balance"] == "1.200000"
+        assert c.get("/api/v3/balance").json()["data"]["balance"] == 1.2
         time.sleep(0.5)
         started = c.post(f"/api/v3/predictions/{first}/cancel")
         assert started.status_code == 400 and "not started" in started.json()["error"]["message"]
         r = c.post(f"/api/v3/predictions/{second}/cancel")
         assert r.status_code == 200 and r.json()["data"]["status"] == "cancelled"
-        assert c.get("/api/v3/balance").json()["data"]["balance"] == "1.600000"
+        assert c.get("/api/v3/balance").json()["data"]["balance"] == 1.6
         assert wait_until_done(c, first)["status"] == "completed"
         time.sleep(1)
         # Never run, never charged; the ledger says so.

@@ -397,3 +397,24 @@ def test_sdk_verifies_both_signatures_and_saves_base64_outputs(srv: ServerProces
             assert probe_video(path).video_codec == "h264"
     finally:
         receiver.close()
+
+
+# --- the smaller documented details ----------------------------------------------------------
+
+
+def test_seed_minus_one_means_random_and_balance_is_a_number(start_server) -> None:  # type: ignore[no-untyped-def]
+    srv = start_server({"REELGATE_ADMIN_TOKEN": ADMIN})
+    key = srv.create_key("details")
+    with srv.client(key) as c:
+        # WaveSpeed's pages give seed the range -1 ~ 2147483647, -1 being random.
+        r = c.post(T2V, json={"prompt": "any seed", "duration": 4, "seed": -1,
+                              "enable_sync_mode": True})
+        assert r.status_code == 200 and r.json()["data"]["status"] == "completed", r.text
+        bad = c.post(T2V, json={"prompt": "x", "seed": -2})
+        assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("seed:")
+        # GET /api/v3/balance and GET /api/v3/account/balance: data.balance is a number.
+        assert srv.cli("accounts", "credit", "details", "156.78").returncode == 0
+        for path in ("/api/v3/balance", "/api/v3/account/balance"):
+            data = c.get(path).json()["data"]
+            assert data["balance"] == 156.78 and isinstance(data["balance"], float)
+            assert data["balance_micros"] == 156_780_000 and data["currency"] == "USD"

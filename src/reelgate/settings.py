@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     # "720p/silent": 100000}}; anything not named costs Google's published price.
     prices: dict[str, dict[str, int]] = Field(default_factory=dict)
     price_markup_percent: float = 0.0
+    # The currency balances and prices are kept in (named in balance answers).
+    currency: str = "USD"
     # Backends whose predictions cost nothing (no hold, no ledger entries).
     free_backends: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sandbox"])
 

@@ -85,6 +85,9 @@ def test_wavespeed_receiver_accepts_deliveries_and_refuses_tampering_and_replays
             payload = json.loads(first["body"])
             assert payload["id"] == pid and payload["status"] == "completed"
             assert payload["outputs"][0].startswith("http")
+            # WaveSpeed's webhook body echoes the request as "input".
+            assert payload["input"]["prompt"] == "signed the WaveSpeed way"
+            assert payload["input"]["duration"] == 4
             delivery = _delivery(c, pid)
             assert delivery["status"] == "delivered" and delivery["attempts"] == 1
             assert delivery["id"] == first["headers"]["webhook-id"]

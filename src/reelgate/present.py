@@ -38,6 +38,20 @@ def prediction_data(pred: Prediction, base_url: str, storage: Storage) -> dict[s
     }
 
 
+# The request fields a webhook body echoes back as "input" (WaveSpeed's webhook payload has
+# one). Image inputs are not among them: their URLs are not kept, only the fetched bytes.
+INPUT_FIELDS = ("prompt", "aspect_ratio", "resolution", "duration", "enhance_prompt",
+                "enable_upsample", "negative_prompt", "seed", "generate_audio")
+
+
+def webhook_data(pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]:
+    """The body of a webhook delivery: the prediction object plus ``input``."""
+    data = prediction_data(pred, base_url, storage)
+    given = {k: pred.params[k] for k in INPUT_FIELDS if pred.params.get(k) is not None}
+    return {"id": data["id"], "model": data["model"], "input": given,
+            **{k: v for k, v in data.items() if k not in ("id", "model")}}
+
+
 def envelope(data: Any) -> dict[str, Any]:
     return {"code": 200, "message": "success", "data": data}
 

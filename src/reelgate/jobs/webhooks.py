@@ -25,7 +25,7 @@ from reelgate.errors import InvalidInput
 from reelgate.jobs.signing import scheme_for, signature_headers
 from reelgate.media.fetch import FetchPolicy, pinned_request, resolve_destination
 from reelgate.media.storage import Storage
-from reelgate.present import prediction_data
+from reelgate.present import webhook_data
 from reelgate.store.repo import Store
 from reelgate.store.tables import accounts, utcnow, webhook_deliveries
 
@@ -182,7 +182,7 @@ class WebhookSender:
             )
             return
         base = self.public_base_url or pred.base_url or ""
-        body = json.dumps(prediction_data(pred, base, self.storage), separators=(",", ":"))
+        body = json.dumps(webhook_data(pred, base, self.storage), separators=(",", ":"))
         secret = await account_secret(self.engine, pred.account_id)
         scheme = await account_scheme(self.engine, pred.account_id)
         status_code: int | None = None

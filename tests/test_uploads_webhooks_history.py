@@ -76,6 +76,7 @@ def test_binary_upload_multipart_and_raw(api: httpx.Client) -> None:
     assert r.status_code == 200, r.text
     url = r.json()["data"]["download_url"]
     assert r.json()["data"]["size"] == len(png)
+    assert r.json()["data"]["type"] == "image"  # WaveSpeed's field
     assert httpx.get(url).content == png
     raw = api.post("/api/v3/media/upload/binary?filename=raw.png", content=png,
                    headers={"Content-Type": "image/png"})

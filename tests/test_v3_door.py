@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,16 @@ from tests.wavespeed_receiver import Refused, WaveSpeedReceiver, verify_wavespee
 
 T2V = "/api/v3/google/veo3.1-fast/text-to-video"
 ADMIN = "admin-token-i16"
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_verifiers() -> dict:
+    """The two verification snippets of the README's "Verifying a webhook", run as written."""
+    section = README.read_text().split("### Verifying a webhook", 1)[1].split("\n## ", 1)[0]
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", section, re.S):
+        exec(block, namespace)  # noqa: S102 - our own README
+    return namespace
 
 
 @pytest.fixture
@@ -106,6 +117,11 @@ def test_wavespeed_receiver_accepts_deliveries_and_refuses_tampering_and_replays
             receiver2.close()
 
     assert replay(first["body"]) == 204
+    # The README's WaveSpeed snippet agrees.
+    headers = {k.lower(): v for k, v in first["headers"].items()}
+    readme = readme_verifiers()
+    assert readme["verify_wavespeed"](first["body"], headers, receiver.secret) is True
+    assert readme["verify_wavespeed"](first["body"] + b" ", headers, receiver.secret) is False
     tampered = first["body"].replace(b'"completed"', b'"failed"')
     assert tampered != first["body"]
     assert replay(tampered) == 401
@@ -165,6 +181,7 @@ def test_standard_webhooks_as_an_account_setting(srv: ServerProcess) -> None:
             # The Standard Webhooks library verifies it (and a wrong secret does not).
             payload = Webhook(secret).verify(call["body"], headers)
             assert payload["id"] == pid and payload["status"] == "completed"
+            assert readme_verifiers()["verify_standard"](call["body"], headers, secret) == payload
             with pytest.raises(WebhookVerificationError):
                 Webhook("whsec_" + base64.b64encode(b"k" * 32).decode()).verify(
                     call["body"], headers)

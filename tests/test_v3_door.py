@@ -21,6 +21,8 @@ from tests.wavespeed_receiver import Refused, WaveSpeedReceiver, verify_wavespee
 
 T2V = "/api/v3/google/veo3.1-fast/text-to-video"
 ADMIN = "admin-token-i16"
+# Small renders: these tests are about the door, not the pixels (the CPU is shared).
+SMALL = {"REELGATE_SANDBOX_MAX_HEIGHT": "144"}
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -35,7 +37,8 @@ def readme_verifiers() -> dict:
 
 @pytest.fixture
 def srv(start_server) -> ServerProcess:  # type: ignore[no-untyped-def]
-    return start_server({"REELGATE_ADMIN_TOKEN": ADMIN, "REELGATE_WEBHOOK_RETRY_BASE_S": "0.3"})
+    return start_server({"REELGATE_ADMIN_TOKEN": ADMIN, "REELGATE_WEBHOOK_RETRY_BASE_S": "0.3",
+                         **SMALL})
 
 
 def _secret(srv: ServerProcess, key: str) -> str:
@@ -72,6 +75,10 @@ def test_secret_at_the_documented_path_and_the_alias(srv: ServerProcess) -> None
     assert httpx.get(f"{srv.base_url}/api/v3/webhook/secret").status_code == 401
     # Another account has its own secret.
     assert _secret(srv, srv.create_key("other")) != secret
+    # The OpenAPI document describes the new calls.
+    paths = httpx.get(f"{srv.base_url}/openapi.json").json()["paths"]
+    assert "post" in paths["/api/v3/predictions"] and "get" in paths["/api/v3/webhook/secret"]
+    assert "413" in paths["/api/v3/predictions/{prediction_id}/result"]["get"]["responses"]
 
 
 # --- WaveSpeed signatures, the default ---------------------------------------------------
@@ -139,7 +146,7 @@ def test_wavespeed_receiver_accepts_deliveries_and_refuses_tampering_and_replays
 
 
 def test_a_retry_is_signed_again_with_a_fresh_timestamp(start_server) -> None:  # type: ignore[no-untyped-def]
-    srv = start_server({"REELGATE_WEBHOOK_RETRY_BASE_S": "1.1"})
+    srv = start_server({"REELGATE_WEBHOOK_RETRY_BASE_S": "1.1", **SMALL})
     key = srv.create_key("retry")
     receiver = WaveSpeedReceiver("whsec_not-the-right-one")  # refuses: 401, so reelgate retries
     try:
@@ -344,7 +351,7 @@ def test_base64_output_with_a_webhook_is_refused(srv: ServerProcess) -> None:
 
 
 def test_base64_output_over_the_limit_is_a_clear_error(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    srv = start_server({"REELGATE_BASE64_OUTPUT_MAX_BYTES": "2000"})
+    srv = start_server({"REELGATE_BASE64_OUTPUT_MAX_BYTES": "2000", **SMALL})
     with srv.client(srv.create_key("big")) as c:
         r = c.post(T2V, json={"prompt": "too big to inline", "duration": 4,
                               "enable_base64_output": True, "enable_sync_mode": True})
@@ -423,7 +430,7 @@ def test_sdk_verifies_both_signatures_and_saves_base64_outputs(srv: ServerProces
 
 
 def test_seed_minus_one_means_random_and_balance_is_a_number(start_server) -> None:  # type: ignore[no-untyped-def]
-    srv = start_server({"REELGATE_ADMIN_TOKEN": ADMIN})
+    srv = start_server({"REELGATE_ADMIN_TOKEN": ADMIN, **SMALL})
     key = srv.create_key("details")
     with srv.client(key) as c:
         # WaveSpeed's pages give seed the range -1 ~ 2147483647, -1 being random.

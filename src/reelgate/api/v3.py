@@ -18,7 +18,7 @@ from reelgate.api.history import (
     history_page,
     parse_time,
 )
-from reelgate.api.schemas import ERROR_RESPONSES, PredictionEnvelope
+from reelgate.api.schemas import ERROR_RESPONSES, ErrorBody, PredictionEnvelope
 from reelgate.errors import ApiError, InvalidInput, NotFound
 from reelgate.present import envelope, inline_outputs, prediction_data
 from reelgate.requests import CreateBody, resolve_model_scene
@@ -26,6 +26,10 @@ from reelgate.services import Services
 from reelgate.store.repo import KeyRecord, Prediction
 
 router = APIRouter(prefix="/api/v3", responses=ERROR_RESPONSES)
+
+# A read that would carry a video over the enable_base64_output limit.
+TOO_LARGE = {413: {"model": ErrorBody, "description": "enable_base64_output: the video is over "
+                   "REELGATE_BASE64_OUTPUT_MAX_BYTES; the message says how to get its URL"}}
 
 
 def services_of(request: Request) -> Services:
@@ -65,6 +69,7 @@ async def _json_body(request: Request) -> Any:
     "/google/{model}/{scene}",
     response_model=PredictionEnvelope,
     summary="Create a prediction",
+    responses=TOO_LARGE,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -144,6 +149,7 @@ BASE64_QUERY = Query(
     "/predictions/{prediction_id}/result",
     response_model=PredictionEnvelope,
     summary="Read a prediction (Query Result)",
+    responses=TOO_LARGE,
 )
 async def get_result(
     prediction_id: str, request: Request, key: KeyRecord = Depends(require_key),
@@ -153,7 +159,8 @@ async def get_result(
 
 
 @router.get(
-    "/predictions/{prediction_id}", response_model=PredictionEnvelope, summary="Read a prediction"
+    "/predictions/{prediction_id}", response_model=PredictionEnvelope, summary="Read a prediction",
+    responses=TOO_LARGE,
 )
 async def get_prediction(
     prediction_id: str, request: Request, key: KeyRecord = Depends(require_key),

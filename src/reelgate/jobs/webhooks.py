@@ -55,14 +55,14 @@ async def account_secret(engine: AsyncEngine, account_id: str) -> str:
     return str(row[0])
 
 
-async def account_scheme(engine: AsyncEngine, account_id: str) -> str:
-    """The scheme the account's webhooks are signed with (its choice, or the dialect's
-    default)."""
+async def account_scheme(engine: AsyncEngine, account_id: str, dialect: str = "v3") -> str:
+    """The scheme the account's webhooks are signed with (its choice, or the default of the
+    dialect the prediction came through)."""
     async with engine.connect() as conn:
         row = (
             await conn.execute(select(accounts.c.webhook_scheme).where(accounts.c.id == account_id))
         ).first()
-    return scheme_for(row[0] if row else None)
+    return scheme_for(row[0] if row else None, dialect)
 
 
 def retry_delay(attempts: int, base_s: float) -> float:
@@ -184,7 +184,9 @@ class WebhookSender:
         base = self.public_base_url or pred.base_url or ""
         body = json.dumps(webhook_data(pred, base, self.storage), separators=(",", ":"))
         secret = await account_secret(self.engine, pred.account_id)
-        scheme = await account_scheme(self.engine, pred.account_id)
+        # Rows record their dialect once several dialects exist; until then all are v3.
+        dialect = getattr(pred, "dialect", None) or "v3"
+        scheme = await account_scheme(self.engine, pred.account_id, dialect)
         status_code: int | None = None
         error = ""
         try:

@@ -445,3 +445,20 @@ def test_seed_minus_one_means_random_and_balance_is_a_number(start_server) -> No
             data = c.get(path).json()["data"]
             assert data["balance"] == 156.78 and isinstance(data["balance"], float)
             assert data["balance_micros"] == 156_780_000 and data["currency"] == "USD"
+
+
+def test_signing_scheme_follows_account_then_dialect() -> None:
+    from reelgate.jobs.signing import scheme_for, signature_headers
+
+    assert scheme_for(None) == scheme_for(None, "v3") == "wavespeed"
+    assert scheme_for("standard") == scheme_for(None, "openai") == "standard"
+    assert scheme_for("wavespeed", "openai") == "wavespeed"
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    body = b'{"id":"x","status":"completed"}'
+    when = datetime.now(UTC)
+    v3 = signature_headers("wavespeed", secret, "msg_1", when, body)
+    verify_wavespeed(body, v3, secret)
+    v1 = signature_headers("standard", secret, "msg_1", when, body)
+    assert Webhook(secret).verify(body, v1) == {"id": "x", "status": "completed"}
+    with pytest.raises(ValueError):
+        signature_headers("v2", secret, "msg_1", when, body)

@@ -27,8 +27,9 @@ WAVESPEED = "wavespeed"
 STANDARD = "standard"
 SCHEMES = (WAVESPEED, STANDARD)
 
-# The scheme each dialect's clients verify with when the account chose none. Only the v3
-# dialect sends webhooks today; a new dialect adds its line here.
+# The scheme each dialect's clients verify with when the account chose none: WaveSpeed's
+# for the v3 dialect (its clients follow WaveSpeed's guide); any other dialect gets the
+# generic Standard Webhooks scheme unless it adds its own line here.
 DIALECT_DEFAULT = {"v3": WAVESPEED}
 
 SECRET_PREFIX = "whsec_"
@@ -38,7 +39,7 @@ def scheme_for(account_scheme: str | None, dialect: str = "v3") -> str:
     """The account's choice if it made one, else its dialect's default."""
     if account_scheme in SCHEMES:
         return account_scheme  # type: ignore[return-value]
-    return DIALECT_DEFAULT.get(dialect, WAVESPEED)
+    return DIALECT_DEFAULT.get(dialect, STANDARD)
 
 
 def wavespeed_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from reelgate import catalog
@@ -61,12 +62,13 @@ def wants_base64(pred: Prediction) -> bool:
 
 
 async def inline_outputs(data: dict[str, Any], pred: Prediction, storage: Storage,
-                         max_bytes: int) -> dict[str, Any]:
+                         max_bytes: int) -> list[bytes] | None:
     """WaveSpeed's ``enable_base64_output``: each output as naked base64 (the standard
-    alphabet, no ``data:`` prefix, no line breaks) in place of its URL. An output over
-    ``max_bytes`` is an HTTP 413 that says how to get it, never a URL in its place."""
+    alphabet, no ``data:`` prefix, no line breaks), to stand in place of its URL; None when
+    the prediction did not ask for it or has not completed. An output over ``max_bytes`` is
+    an HTTP 413 that says how to get it, never a URL in its place."""
     if not wants_base64(pred):
-        return data
+        return None
     encoded = []
     for key in pred.outputs:
         try:
@@ -81,5 +83,21 @@ async def inline_outputs(data: dict[str, Any], pred: Prediction, storage: Storag
             ) from None
         except FileNotFoundError:
             raise ApiError(404, f"The video of prediction {pred.id} is no longer stored") from None
-        encoded.append(base64.b64encode(raw).decode("ascii"))
-    return {**data, "outputs": encoded}
+        encoded.append(base64.b64encode(raw))
+        del raw
+    return encoded
+
+
+def json_with_outputs(answer: dict[str, Any], outputs: list[bytes]) -> bytes:
+    """The JSON text of ``answer`` with ``data.outputs`` set to ``outputs`` (base64 text).
+
+    Spliced in as bytes rather than put in the dict, because the usual path (validate,
+    encode, dump, encode again) holds several copies of each video's text at once
+    (bench_base64.py measures it); base64 needs no JSON escaping, so the splice is exact.
+    The ``"outputs":[]`` written by json.dumps is the key itself: inside any string value
+    its quotes would be escaped."""
+    head, sep, tail = json.dumps(
+        {**answer, "data": {**answer["data"], "outputs": []}}, separators=(",", ":")
+    ).encode().partition(b'"outputs":[]')
+    assert sep, "the answer has no outputs field"
+    return b"".join([head, b'"outputs":["', b'","'.join(outputs), b'"]', tail])

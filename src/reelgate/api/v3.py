@@ -7,7 +7,7 @@ import contextlib
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from reelgate import intake
 from reelgate.api.auth import require_key
@@ -20,7 +20,7 @@ from reelgate.api.history import (
 )
 from reelgate.api.schemas import ERROR_RESPONSES, ErrorBody, PredictionEnvelope
 from reelgate.errors import ApiError, InvalidInput, NotFound
-from reelgate.present import envelope, inline_outputs, prediction_data
+from reelgate.present import envelope, inline_outputs, json_with_outputs, prediction_data
 from reelgate.requests import CreateBody, resolve_model_scene
 from reelgate.services import Services
 from reelgate.store.repo import KeyRecord, Prediction
@@ -45,14 +45,18 @@ def render(pred: Prediction, request: Request, services: Services) -> dict[str, 
 
 
 async def render_full(pred: Prediction, request: Request, services: Services,
-                      base64_output: bool = True) -> dict[str, Any]:
-    """``render`` plus the outputs inline when the prediction asked for base64 (the result
-    and the sync answer; listings and webhooks always carry URLs)."""
-    data = prediction_data(pred, base_url(request, services), services.storage)
-    if base64_output:
-        data = await inline_outputs(data, pred, services.storage,
-                                    services.settings.base64_output_max_bytes)
-    return envelope(data)
+                      base64_output: bool = True) -> dict[str, Any] | Response:
+    """``render``, or, when the completed prediction asked for base64, the same answer with
+    its outputs inline (the result and the sync answer; listings and webhooks always carry
+    URLs), already serialised."""
+    answer = render(pred, request, services)
+    if not base64_output:
+        return answer
+    inline = await inline_outputs(answer["data"], pred, services.storage,
+                                  services.settings.base64_output_max_bytes)
+    if inline is None:
+        return answer
+    return Response(json_with_outputs(answer, inline), media_type="application/json")
 
 
 async def _json_body(request: Request) -> Any:
@@ -85,7 +89,7 @@ async def create_prediction(
     request: Request,
     webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
     key: KeyRecord = Depends(require_key),
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     services = services_of(request)
     resolve_model_scene(model, scene)  # an unknown route is a 404 whatever the body
     body = await _json_body(request)
@@ -94,16 +98,17 @@ async def create_prediction(
     if not req.enable_sync_mode:
         return render(pred, request, services)
     pred, ended = await _wait_for_end(services, pred)
-    answer = await render_full(pred, request, services)
-    if not ended:
-        # What WaveSpeed clients expect from a sync wait that ran out: still processing,
-        # and an error text that says so and where to read the result later.
-        data = answer["data"]
-        data["error"] = (
-            f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
-            f"prediction is still {data['status']}. Query the result later at "
-            f"{data['urls']['get']}"
-        )
+    if ended:
+        return await render_full(pred, request, services)
+    # What WaveSpeed clients expect from a sync wait that ran out: still processing, and an
+    # error text that says so and where to read the result later.
+    answer = render(pred, request, services)
+    data = answer["data"]
+    data["error"] = (
+        f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
+        f"prediction is still {data['status']}. Query the result later at "
+        f"{data['urls']['get']}"
+    )
     return answer
 
 
@@ -129,7 +134,7 @@ async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Predictio
 
 
 async def _read(prediction_id: str, request: Request, key: KeyRecord,
-                base64_output: bool = True) -> dict[str, Any]:
+                base64_output: bool = True) -> dict[str, Any] | Response:
     services = services_of(request)
     pred = await services.store.get(prediction_id, account_id=key.account_id)
     if pred is None:
@@ -154,7 +159,7 @@ BASE64_QUERY = Query(
 async def get_result(
     prediction_id: str, request: Request, key: KeyRecord = Depends(require_key),
     base64_output: bool = BASE64_QUERY,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     return await _read(prediction_id, request, key, base64_output)
 
 
@@ -165,7 +170,7 @@ async def get_result(
 async def get_prediction(
     prediction_id: str, request: Request, key: KeyRecord = Depends(require_key),
     base64_output: bool = BASE64_QUERY,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     return await _read(prediction_id, request, key, base64_output)
 
 

@@ -462,3 +462,18 @@ def test_signing_scheme_follows_account_then_dialect() -> None:
     assert Webhook(secret).verify(body, v1) == {"id": "x", "status": "completed"}
     with pytest.raises(ValueError):
         signature_headers("v2", secret, "msg_1", when, body)
+
+
+def test_base64_answer_is_spliced_exactly() -> None:
+    from reelgate.present import json_with_outputs
+
+    # A hostile error text that spells the key: json.dumps escapes its quotes, so the splice
+    # still lands on the real field.
+    answer = {"code": 200, "message": "success",
+              "data": {"id": "p", "error": 'x "outputs":[] y', "outputs": ["https://u"],
+                       "urls": {"get": "g"}}}
+    parts = [base64.b64encode(b"\x00\xff" * 100), base64.b64encode(b"second")]
+    parsed = json.loads(json_with_outputs(answer, parts))
+    assert parsed["data"]["outputs"] == [p.decode() for p in parts]
+    assert parsed["data"]["error"] == 'x "outputs":[] y'
+    assert {**parsed, "data": {**parsed["data"], "outputs": ["https://u"]}} == answer

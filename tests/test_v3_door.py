@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,13 +42,36 @@ def srv(start_server) -> ServerProcess:  # type: ignore[no-untyped-def]
                          **SMALL})
 
 
+# WaveSpeed's curl commands as its pages print them; the host and the key are what a user
+# pastes in (the pages put the key in single quotes, so the shell does not expand it).
+SECRET_CURL = (
+    "curl --location --request GET 'https://api.wavespeed.ai/api/v3/webhook/secret' \\\n"
+    "--header 'Authorization: Bearer ${WAVESPEED_API_KEY}'"
+)
+LIST_CURL = (
+    "curl --location 'https://api.wavespeed.ai/api/v3/predictions' \\\n"
+    "--header 'Authorization: Bearer ${WAVESPEED_API_KEY}' \\\n"
+    "--header 'Content-Type: application/json' \\\n"
+    "--data '{\n"
+    '  "page": 1,\n'
+    '  "page_size": 100\n'
+    "}'"
+)
+
+
+def run_curl(command: str, srv: ServerProcess, key: str) -> dict:
+    command = (command.replace("https://api.wavespeed.ai", srv.base_url)
+               .replace("${WAVESPEED_API_KEY}", key))
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", command + " --silent --show-error"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
 def _secret(srv: ServerProcess, key: str) -> str:
-    # The guide's curl: GET /api/v3/webhook/secret with a Bearer key.
-    r = httpx.get(f"{srv.base_url}/api/v3/webhook/secret",
-                  headers={"Authorization": f"Bearer {key}"})
-    assert r.status_code == 200, r.text
-    assert r.json()["code"] == 200
-    return str(r.json()["data"]["secret"])
+    answer = run_curl(SECRET_CURL, srv, key)
+    assert answer["code"] == 200
+    return str(answer["data"]["secret"])
 
 
 def _delivery(c: httpx.Client, pid: str) -> dict:
@@ -223,13 +247,8 @@ def test_list_predictions_by_post_as_documented(srv: ServerProcess) -> None:
                     "completed":
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-    # The documented curl, byte for byte: POST, Bearer key, JSON content type, this body.
-    r = httpx.post(f"{srv.base_url}/api/v3/predictions",
-                   headers={"Authorization": f"Bearer {key}",
-                            "Content-Type": "application/json"},
-                   content='{\n  "page": 1,\n  "page_size": 100\n}')
-    assert r.status_code == 200, r.text
-    body = r.json()
+    # The documented curl, run as printed: POST (by --data), Bearer key, JSON, this body.
+    body = run_curl(LIST_CURL, srv, key)
     assert body["code"] == 200 and body["message"] == "success"
     data = body["data"]
     assert data["page"] == 1 and data["total"] == 4

@@ -112,6 +112,10 @@ async def viewer(request: Request, role: str | None = "user") -> Viewer:
     signing_key = services.settings.signing_key
     session = sess.load(request, signing_key)
     request.state.console_session = session
+    if request.method not in ("GET", "HEAD"):
+        # A cross-site post is refused as such before anything else (the cookie would not
+        # even come with it); the token itself is checked with the form.
+        sess.check_origin(request, _public_origin(request))
     v = Viewer(session=session)
     if session.role == "user" and session.key_hash:
         key = await ConsoleStore(services.store).key_by_hash(session.key_hash)

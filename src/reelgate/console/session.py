@@ -90,14 +90,18 @@ def fresh(role: str | None = None, **values: Any) -> Session:
     return Session(csrf=secrets.token_urlsafe(32), role=role, changed=True, **values)
 
 
-def check_csrf(request: Request, session: Session, form_token: str | None,
-               public_origin: str = "") -> None:
+def check_origin(request: Request, public_origin: str = "") -> None:
     origin = request.headers.get("origin")
     if origin is not None:
         own = f"{request.url.scheme}://{request.headers.get('host', '')}"
         # Behind a TLS proxy the browser's origin is the public one, not what we see.
         if origin not in (own, public_origin):
             raise CsrfRefused(f"origin {origin} is not this server")
+
+
+def check_csrf(request: Request, session: Session, form_token: str | None,
+               public_origin: str = "") -> None:
+    check_origin(request, public_origin)
     given = form_token or request.headers.get(CSRF_HEADER) or ""
     if not hmac.compare_digest(given.encode(), session.csrf.encode()):
         raise CsrfRefused("missing or wrong CSRF token")

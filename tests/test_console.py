@@ -1,0 +1,208 @@
+"""The web console over plain HTTP: the session cookie, CSRF refusals, who may see what,
+the price preview, poster frames and the operator's CSV. The browser tests are in
+test_console_browser.py."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import ServerProcess, wait_until_done
+from tests.console_helpers import ADMIN_TOKEN, CONSOLE_ENV, admin, new_user
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("console"), CONSOLE_ENV).start()
+    yield server
+    server.stop()
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, html[:500]
+    return match.group(1)
+
+
+def signed_in(server: ServerProcess, secret: str) -> httpx.Client:
+    c = httpx.Client(base_url=server.base_url, timeout=60)
+    token = csrf_of(c.get("/console/login").text)
+    r = c.post("/console/login", data={"key": secret, "csrf": token})
+    assert r.status_code == 303, r.text
+    return c
+
+
+def test_session_cookie_is_signed_httponly_strict_and_holds_no_key(srv: ServerProcess) -> None:
+    _, key = new_user(srv, "cookie-user")
+    c = httpx.Client(base_url=srv.base_url, timeout=30)
+    token = csrf_of(c.get("/console/login").text)
+    r = c.post("/console/login", data={"key": key, "csrf": token})
+    assert r.status_code == 303 and r.headers["location"] == "/console/playground"
+    assert key not in r.headers["location"]
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+    assert "Path=/console" in cookie
+    assert key not in cookie and key[3:] not in cookie  # only a hash is kept
+    page = c.get("/console/playground")
+    assert page.status_code == 200 and "Playground" in page.text
+    assert key not in page.text
+    # A tampered cookie is no session.
+    value = c.cookies.get("reelgate_console")
+    bad = httpx.Client(base_url=srv.base_url, cookies={"reelgate_console": value[:-2] + "xx"})
+    assert bad.get("/console/playground").status_code == 303
+    # Signing out ends it.
+    c.post("/console/logout", data={"csrf": csrf_of(page.text)})
+    assert c.get("/console/playground").status_code == 303
+
+
+def test_wrong_key_and_revoked_key(srv: ServerProcess) -> None:
+    c = httpx.Client(base_url=srv.base_url, timeout=30)
+    token = csrf_of(c.get("/console/login").text)
+    r = c.post("/console/login", data={"key": "rg_wrong", "csrf": token})
+    assert r.status_code == 401 and "not valid" in r.text
+    # A session ends the moment its key is revoked.
+    _, key = new_user(srv, "revoked-user")
+    user = signed_in(srv, key)
+    assert user.get("/console/history").status_code == 200
+    with admin(srv) as a:
+        prefix = key[:10]
+        assert a.post(f"/keys/{prefix}/revoke").status_code == 200
+    r = user.get("/console/history")
+    assert r.status_code == 303 and r.headers["location"] == "/console/login"
+
+
+def test_forms_without_the_token_or_from_another_origin_are_refused(srv: ServerProcess) -> None:
+    account_id, key = new_user(srv, "csrf-user")
+    user = signed_in(srv, key)
+    token = csrf_of(user.get("/console/account").text)
+
+    def keys() -> int:
+        with admin(srv) as a:
+            return len(a.get(f"/accounts/{account_id}/keys").json())
+
+    before = keys()
+    # No token, a wrong token, or a right token from another site's page: all refused.
+    r = user.post("/console/account/keys", data={"name": "x"})
+    assert r.status_code == 403 and "refused" in r.text
+    r = user.post("/console/account/keys", data={"name": "x", "csrf": "guess"})
+    assert r.status_code == 403
+    r = user.post("/console/account/keys", data={"name": "x", "csrf": token},
+                  headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
+    assert keys() == before
+    # The same form from this origin works.
+    r = user.post("/console/account/keys", data={"name": "x", "csrf": token},
+                  headers={"Origin": srv.base_url})
+    assert r.status_code == 303
+    assert keys() == before + 1
+
+
+def test_users_see_only_their_own_and_admin_pages_need_the_token(srv: ServerProcess) -> None:
+    _, key_a = new_user(srv, "owner-a")
+    _, key_b = new_user(srv, "owner-b")
+    made = httpx.post(f"{srv.base_url}/api/v3/google/veo3.1-fast/text-to-video",
+                      headers={"Authorization": f"Bearer {key_a}"},
+                      json={"prompt": "mine [sandbox:fail]", "duration": 4})
+    assert made.status_code == 403  # billed sandbox, no credit: refused, nothing stored
+    account_a, key_a = new_user(srv, "owner-a2", credit="5.00")
+    made = httpx.post(f"{srv.base_url}/api/v3/google/veo3.1-fast/text-to-video",
+                      headers={"Authorization": f"Bearer {key_a}"},
+                      json={"prompt": "mine [sandbox:fail]", "duration": 4})
+    assert made.status_code == 200, made.text
+    pid = made.json()["data"]["id"]
+    a = signed_in(srv, key_a)
+    b = signed_in(srv, key_b)
+    assert a.get(f"/console/p/{pid}").status_code == 200
+    for path in (f"/console/p/{pid}", f"/console/p/{pid}/status"):
+        r = b.get(path)
+        assert r.status_code == 404 and pid[:8] not in r.text.replace(pid, "")
+    r = b.post(f"/console/p/{pid}/cancel", data={"csrf": csrf_of(b.get("/console/account").text)})
+    assert r.status_code == 404
+    # A user session does not open the operator's pages; the admin token does.
+    assert b.get("/console/admin").status_code == 303
+    op = signed_in(srv, ADMIN_TOKEN)
+    page = op.get("/console/admin")
+    assert page.status_code == 200 and "owner-a2" in page.text
+    assert op.get("/console/history").status_code == 303  # and not a user's pages
+
+
+def test_price_preview_and_errors_come_from_the_api_rules(srv: ServerProcess) -> None:
+    _, key = new_user(srv, "price-user")
+    c = signed_in(srv, key)
+    token = csrf_of(c.get("/console/playground").text)
+    form = {"csrf": token, "model": "veo3.1-fast", "scene": "text-to-video",
+            "resolution": "720p", "duration": "4", "aspect_ratio": "16:9",
+            "generate_audio__present": "1", "generate_audio": "on"}
+    r = c.post("/console/playground/price", data=form)
+    assert 'data-micros="400000"' in r.text and "0.40" in r.text
+    r = c.post("/console/playground/price", data={**form, "resolution": "4k"})
+    assert "only available with duration 8" in r.text
+    # Submitting shows the API's refusal in plain words, beside the field it is about.
+    r = c.post("/console/playground", data={**form, "prompt": "   "})
+    assert 'id="err-prompt"' in r.text and "must not be empty" in r.text
+    r = c.post("/console/playground", data={**form, "prompt": "a koi pond"})
+    assert "Not enough balance" in r.text and "costs 0.400000" in r.text
+
+
+def test_poster_frame_is_stored_beside_the_video_and_deleted_with_it(srv: ServerProcess) -> None:
+    _, key = new_user(srv, "poster-user", credit="10.00")
+    api = srv.client(key)
+    made = api.post("/api/v3/google/veo3.1-fast/text-to-video",
+                    json={"prompt": "a lighthouse at dusk", "duration": 4})
+    pid = made.json()["data"]["id"]
+    assert wait_until_done(api, pid)["status"] == "completed"
+    poster = srv.data_dir / "videos" / pid[:2] / f"{pid}.jpg"
+    assert poster.is_file()
+    with Image.open(poster) as img:
+        assert img.format == "JPEG" and img.width <= 480 and img.width > 0
+    c = signed_in(srv, key)
+    page = c.get("/console/history").text
+    src = re.search(r'<img src="([^"]+)" alt="poster of ' + pid, page)
+    assert src, page
+    served = httpx.get(src.group(1).replace("&amp;", "&"))
+    assert served.status_code == 200 and served.headers["content-type"] == "image/jpeg"
+    token = csrf_of(c.get(f"/console/p/{pid}").text)
+    r = c.post(f"/console/p/{pid}/delete-outputs", data={"csrf": token})
+    assert r.status_code == 303
+    assert not poster.exists()
+    assert not (srv.data_dir / "videos" / pid[:2] / f"{pid}.mp4").exists()
+
+
+def test_operator_usage_csv_and_account_controls(srv: ServerProcess) -> None:
+    account_id, key = new_user(srv, "csv-user", credit="3.00")
+    api = srv.client(key)
+    pid = api.post("/api/v3/google/veo3.1-fast/text-to-video",
+                   json={"prompt": "csv row", "duration": 4}).json()["data"]["id"]
+    wait_until_done(api, pid)
+    op = signed_in(srv, ADMIN_TOKEN)
+    page = op.get("/console/admin/usage")
+    assert page.status_code == 200 and "<svg" in page.text and "csv-user" in page.text
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    csv = op.get("/console/admin/usage", params={"from": today, "to": today, "format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv")
+    line = next(row for row in csv.text.splitlines() if ",csv-user," in row)
+    assert line.split(",")[2:] == ["veo3.1-fast", "1", "1", "0", "4", "0.400000"]
+    # Disabling the account from its page ends the user's console session too.
+    user = signed_in(srv, key)
+    token = csrf_of(op.get(f"/console/admin/accounts/{account_id}").text)
+    r = op.post(f"/console/admin/accounts/{account_id}/disable",
+                data={"csrf": token, "disabled": "1"})
+    assert r.status_code == 303
+    assert user.get("/console/playground").status_code == 303
+    assert api.get("/api/v3/balance").status_code == 403
+    system = op.get("/console/admin/system").text
+    assert "veo3.1-fast" in system and "sandbox" in system and "in-process" in system
+
+
+def test_console_assets_ship_in_the_package() -> None:
+    import reelgate.console as console
+
+    static = Path(console.__file__).parent / "static"
+    assert (static / "htmx.min.js").read_text().startswith("/*! htmx 2.")
+    assert "Zero-Clause BSD" in (static / "htmx.LICENSE.txt").read_text()

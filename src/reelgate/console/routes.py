@@ -348,7 +348,8 @@ async def _reupload_inputs(request: Request, key: KeyRecord, pred: Prediction) -
             return None
         data = await asyncio.to_thread(path.read_bytes)
         with contextlib.suppress(ApiError):
-            record = await services.uploads.create_ready(key.account_id, path.name, None, data)
+            record = await services.uploads.create_ready(key.account_id, path.name,
+                                                         _image_type(data), data)
             return str(services.uploads.download_url(record["id"], record["filename"],
                                                      record["expires_at"], base_url(request)))
         return None

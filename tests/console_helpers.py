@@ -17,6 +17,7 @@ CONSOLE_ENV = {
     "REELGATE_SANDBOX_MAX_HEIGHT": "360",
     # Bill the sandbox, so prices, holds and balances are real in the pages.
     "REELGATE_FREE_BACKENDS": "",
+    "REELGATE_POLICY_BLOCKLIST": "forbidden thing",
 }
 
 

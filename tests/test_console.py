@@ -148,6 +148,15 @@ def test_price_preview_and_errors_come_from_the_api_rules(srv: ServerProcess) ->
     assert 'id="err-prompt"' in r.text and "must not be empty" in r.text
     r = c.post("/console/playground", data={**form, "prompt": "a koi pond"})
     assert "Not enough balance" in r.text and "costs 0.400000" in r.text
+    r = c.post("/console/playground", data={**form, "prompt": "a Forbidden  Thing"})
+    assert "Blocked by the content policy" in r.text and 'id="err-prompt"' in r.text
+    assert "forbidden" not in r.text.lower().split("blocked by the content policy", 1)[1]
+    # The key's rate limit applies to the console as to the API.
+    with admin(srv) as a:
+        assert a.patch("/accounts/price-user", json={"rate_per_minute": 1}).status_code == 200
+    answers = [c.post("/console/playground", data={**form, "prompt": "a koi pond"}).text
+               for _ in range(3)]
+    assert any("Slow down" in text and "Try again in" in text for text in answers)
 
 
 def test_poster_frame_is_stored_beside_the_video_and_deleted_with_it(srv: ServerProcess) -> None:

@@ -19,7 +19,7 @@ from reelgate.store.admin import AdminStore
 from reelgate.store.console import ConsoleStore
 
 from . import charts
-from .routes import form_with_csrf, page, services_of, set_new_key, usage_chart, viewer
+from .routes import form_with_csrf, money, page, services_of, set_new_key, usage_chart, viewer
 
 router = APIRouter(prefix="/console/admin", include_in_schema=False)
 
@@ -63,7 +63,7 @@ async def credit(request: Request, account_id: str) -> Response:
                                              str(form.get("note") or "")[:500])
     except ApiError as exc:
         return _back(back, f"Not credited: {exc.message}")
-    return _back(back, f"{account['name']}: balance is now {account['balance']}.")
+    return _back(back, f"{account['name']}: balance is now {money(account['balance_micros'])}.")
 
 
 @router.post("/accounts/{account_id}/disable")

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -215,3 +216,49 @@ def test_console_assets_ship_in_the_package() -> None:
     static = Path(console.__file__).parent / "static"
     assert (static / "htmx.min.js").read_text().startswith("/*! htmx 2.")
     assert "Zero-Clause BSD" in (static / "htmx.LICENSE.txt").read_text()
+
+
+async def test_poster_frames_go_to_s3_as_jpeg(s3_endpoint: str, bucket: str, s3_admin: Any,
+                                              tmp_path: Path) -> None:
+    from reelgate.backends.base import Job
+    from reelgate.backends.sandbox import render_sandbox_video
+    from reelgate.jobs.runner import poster_key
+    from reelgate.media.video import poster_frame
+    from tests.fake_s3 import make_s3
+
+    video = tmp_path / "v.mp4"
+    render_sandbox_video(Job(id="poster", model="veo3.1-fast", scene="text-to-video",
+                             prompt="a poster", duration=1, resolution="720p"), video, fps=24)
+    still = poster_frame(video, tmp_path / "poster.jpg")
+    with Image.open(still) as img:
+        assert img.format == "JPEG" and img.size == (480, 270)
+    storage = make_s3(s3_endpoint, f"s3://{bucket}/videos")
+    key = poster_key("ab" + "0" * 30)
+    await storage.put_file(key, still)
+    head = s3_admin.head_object(Bucket=bucket, Key=f"videos/{key}")
+    assert head["ContentType"] == "image/jpeg"
+    assert head["ContentLength"] == still.stat().st_size
+
+
+def test_prediction_page_lists_webhook_deliveries(srv: ServerProcess) -> None:
+    from tests.conftest import IMAGE_HOST
+
+    _, key = new_user(srv, "hook-user", credit="1.00")
+    api = srv.client(key)
+    # An allow-listed loopback address that answers the POST with an error: the delivery is
+    # recorded with the answer's status.
+    hook = f"http://{IMAGE_HOST}:9/hook"
+    made = api.post("/api/v3/google/veo3.1-fast/text-to-video",
+                    json={"prompt": "hooked [sandbox:fail]", "duration": 4, "webhook": hook})
+    assert made.status_code == 200, made.text
+    pid = made.json()["data"]["id"]
+    wait_until_done(api, pid)
+    c = signed_in(srv, key)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        page = c.get(f"/console/p/{pid}").text
+        if 'id="deliveries"' in page:
+            break
+        time.sleep(0.3)
+    assert 'id="deliveries"' in page and "<code>msg_" in page
+    assert hook in page

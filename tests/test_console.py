@@ -78,6 +78,25 @@ def test_wrong_key_and_revoked_key(srv: ServerProcess) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/console/login"
 
 
+def test_failed_sign_ins_are_limited(tmp_path: Path) -> None:
+    # A server of its own: the limit is per client address, and every test here is 127.0.0.1.
+    server = ServerProcess(tmp_path / "guard", CONSOLE_ENV).start()
+    try:
+        _, key = new_user(server, "guarded")
+        c = httpx.Client(base_url=server.base_url, timeout=30)
+        token = csrf_of(c.get("/console/login").text)
+        codes = [c.post("/console/login", data={"key": f"rg_guess{i}", "csrf": token}).status_code
+                 for i in range(11)]
+        assert codes == [401] * 10 + [429]
+        # Locked out: even the right key waits (a guesser cannot tell a hit from a miss).
+        r = c.post("/console/login", data={"key": key, "csrf": token})
+        assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+        r = c.post("/console/login", data={"key": ADMIN_TOKEN, "csrf": token})
+        assert r.status_code == 429
+    finally:
+        server.stop()
+
+
 def test_forms_without_the_token_or_from_another_origin_are_refused(srv: ServerProcess) -> None:
     account_id, key = new_user(srv, "csrf-user")
     user = signed_in(srv, key)

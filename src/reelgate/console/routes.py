@@ -211,11 +211,49 @@ async def login_page(request: Request) -> Response:
         services_of(request).settings.admin_token))
 
 
+# Failed sign-ins allowed per client address and minute: a guessed admin token or key has to
+# get through this (successful sign-ins are not counted).
+LOGIN_FAILURES_PER_MINUTE = 10
+
+
+class LoginGuard:
+    """Counts failed sign-ins per client address with the `limits` library, in the same
+    storage as the API's rate limits (memory, or Redis shared by every API process)."""
+
+    def __init__(self, storage_url: str) -> None:
+        from limits import RateLimitItemPerMinute
+        from limits.aio.strategies import MovingWindowRateLimiter
+        from limits.storage import storage_from_string
+
+        url = storage_url if storage_url.startswith("async+") else f"async+{storage_url}"
+        self.item = RateLimitItemPerMinute(LOGIN_FAILURES_PER_MINUTE)
+        self.limiter = MovingWindowRateLimiter(storage_from_string(url))  # type: ignore[arg-type]
+
+    async def locked(self, client: str) -> bool:
+        return not await self.limiter.test(self.item, "console-login", client)
+
+    async def failed(self, client: str) -> None:
+        await self.limiter.hit(self.item, "console-login", client)
+
+
+def login_guard(request: Request) -> LoginGuard:
+    guard = getattr(request.app.state, "console_login_guard", None)
+    if guard is None:
+        guard = LoginGuard(services_of(request).settings.rate_limit_storage_url)
+        request.app.state.console_login_guard = guard
+    return guard
+
+
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     services = services_of(request)
     v = await viewer(request, role=None)
     form = await form_with_csrf(request, v)
+    guard = login_guard(request)
+    client = request.client.host if request.client else "unknown"
+    if await guard.locked(client):
+        return page(request, "login.html", v, status_code=429,
+                    error="Too many failed sign-ins from this address: wait a minute.")
     secret = str(form.get("key") or "").strip()
     settings = services.settings
     new: sess.Session | None = None
@@ -232,6 +270,7 @@ async def login(request: Request) -> Response:
             return page(request, "login.html", v, status_code=403,
                         error="This account is disabled; contact the operator.")
     if new is None:
+        await guard.failed(client)
         return page(request, "login.html", v, status_code=401,
                     error="That key is not valid: check it, or ask the operator for one.")
     response = RedirectResponse(target, status_code=303)

@@ -98,6 +98,10 @@ def test_text_to_video_plays_in_the_page(context: Any, srv: ServerProcess, shots
     _, key = new_user(srv, "t2v-user", credit="2.00")
     page = sign_in(context, srv, key)
     assert page.url.endswith("/console/playground")
+    # A refusal is shown in plain words beside the field it is about.
+    page.click("#submit")
+    page.wait_for_selector("#submit-error")
+    assert page.inner_text("#err-prompt") == "must not be empty"
     page.fill("#prompt", "A paper boat drifting down a rainy street, soft piano")
     page.select_option("#duration", "4")
     # The price is on the page before anything is submitted.
@@ -312,3 +316,64 @@ def test_a_user_cannot_open_another_users_prediction(browser: Any, srv: ServerPr
         assert response.status == 404
     finally:
         ctx.close()
+
+
+def test_images_can_be_dropped_on_the_form(context: Any, srv: ServerProcess) -> None:
+    _, key = new_user(srv, "drop-user")
+    page = sign_in(context, srv, key)
+    page.select_option("#model", "veo3.1")
+    page.wait_for_selector("#scene option[value=reference-to-video]", state="attached")
+    page.select_option("#scene", "reference-to-video")
+    page.wait_for_selector(".drop[data-name=images]")
+    assert page.locator(".drop[data-name=images]").count() == 3  # up to 3 references
+    assert page.locator("#duration option").all_inner_texts() == ["8 s"]  # references: 8 s
+    png = make_image((200, 60, 60), size=(320, 180))
+    # A real drop event carrying a file, as a browser makes when a file is dragged in.
+    page.evaluate(
+        """(bytes) => {
+            const file = new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"});
+            const dt = new DataTransfer();
+            dt.items.add(file);
+            const target = document.querySelector(".drop[data-name=images]");
+            target.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true,
+                                                        cancelable: true}));
+        }""",
+        list(png),
+    )
+    page.wait_for_function(
+        "document.querySelector('.drop[data-name=images] input[type=hidden]')"
+        ".value.includes('/media/uploads/')")
+    url = page.input_value(".drop[data-name=images] input[type=hidden]")
+    assert httpx.get(url).content == png  # the upload flow stored exactly these bytes
+    assert page.is_visible(".drop[data-name=images] img.preview")
+    # A file that is not an image is refused in plain words.
+    page.evaluate(
+        """() => {
+            const dt = new DataTransfer();
+            dt.items.add(new File(["hello"], "notes.txt", {type: "text/plain"}));
+            document.querySelectorAll(".drop[data-name=images]")[1].dispatchEvent(
+                new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""")
+    state = page.locator(".drop[data-name=images] .upload-state").nth(1)
+    state.wait_for(state="visible")
+    page.wait_for_function(
+        "document.querySelectorAll('.drop[data-name=images] .upload-state')[1]"
+        ".textContent.includes('content_type')")
+
+
+def test_operator_creates_an_account_and_its_keys(context: Any, srv: ServerProcess) -> None:
+    page = sign_in(context, srv, ADMIN_TOKEN)
+    page.fill("#new-account input[name=name]", "made-in-console")
+    page.click("#new-account button")
+    page.wait_for_selector("#credit")
+    assert page.inner_text("h1").startswith("made-in-console")
+    page.fill("#keys input[name=name]", "first")
+    page.click("#keys form.inline-form button")
+    page.wait_for_selector("#new-key")
+    secret = page.inner_text("#new-key").strip()
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(f"{srv.base_url}/api/v3/balance", headers=auth).status_code == 200
+    page.click(f"tr[data-key='{secret[:10]}'] button")
+    page.wait_for_selector(".flash")
+    assert "revoked" in page.inner_text(f"tr[data-key='{secret[:10]}']")
+    assert httpx.get(f"{srv.base_url}/api/v3/balance", headers=auth).status_code == 401

@@ -281,3 +281,58 @@ def test_prediction_page_lists_webhook_deliveries(srv: ServerProcess) -> None:
         time.sleep(0.3)
     assert 'id="deliveries"' in page and "<code>msg_" in page
     assert hook in page
+
+
+def test_operator_sees_google_channels_and_their_health(tmp_path: Path) -> None:
+    import json
+
+    data_dir = tmp_path / "google-status"
+    data_dir.mkdir()
+    # What a worker's channel pool writes: one channel cooling down after a 429.
+    (data_dir / "google-channels.json").write_text(json.dumps({
+        "updated_at": "2026-11-26T12:00:00Z",
+        "channels": [
+            {"name": "key-1", "mode": "gemini", "health": "ok", "in_flight": 3,
+             "completed": 40, "failures": 1, "cooldown_reason": "", "last_error": ""},
+            {"name": "key-2", "mode": "gemini", "health": "cooling", "in_flight": 0,
+             "completed": 7, "failures": 5, "cooldown_reason": "429 RESOURCE_EXHAUSTED",
+             "last_error": "quota exceeded"},
+        ],
+    }))
+    server = ServerProcess(data_dir, {
+        **CONSOLE_ENV, "REELGATE_GOOGLE_API_KEYS": "AIza-one,AIza-two",
+        "REELGATE_MODEL_BACKENDS": '{"veo3.1": "google"}', "REELGATE_RUN_WORKERS": "false",
+    }).start()
+    try:
+        op = signed_in(server, ADMIN_TOKEN)
+        page = op.get("/console/admin/system").text
+        table = page.split('id="channels"', 1)[1].split("</table>", 1)[0]
+        assert "key-1" in table and "key-2" in table
+        assert "cooling" in table and "429 RESOURCE_EXHAUSTED" in table
+        assert "quota exceeded" in table
+        assert "40 / 1" in table
+        models = page.split('id="models"', 1)[1].split("</table>", 1)[0]
+        assert re.search(r"<td>veo3\.1</td>.*?<td>google</td>", models, re.S)
+        assert re.search(r"<td>veo3\.1-fast</td>.*?<td>sandbox</td>", models, re.S)
+        assert "AIza" not in page  # credentials never reach a page
+    finally:
+        server.stop()
+
+
+def test_console_in_scaled_out_mode_shows_the_redis_queue(cluster: Any) -> None:
+    # An API process with no worker: the prediction waits in its Redis stream.
+    server = cluster.api({**CONSOLE_ENV, "REELGATE_FREE_BACKENDS": "sandbox"})
+    _, key = new_user(server, "scaled-user")
+    pid = server.client(key).post("/api/v3/google/veo3.1-fast/text-to-video",
+                                  json={"prompt": "queued", "duration": 4}).json()["data"]["id"]
+    op = signed_in(server, ADMIN_TOKEN)
+    page = op.get("/console/admin/system").text
+    queue = page.split('id="queue"', 1)[1].split("</table>", 1)[0]
+    assert "Redis streams" in queue
+    assert re.search(r"waiting \(sandbox\)</th><td>1</td>", queue), queue
+    assert re.search(r"sandbox/created</th><td>1</td>", queue), queue
+    user = signed_in(server, key)
+    history = user.get("/console/history").text  # the same pages on PostgreSQL
+    assert "1 prediction" in history and pid in history
+    status = user.get(f"/console/p/{pid}/status").text
+    assert 'data-status="created"' in status

@@ -52,9 +52,13 @@ STATUSES = (*UNFINISHED, *ENDED)
 STATUS_WAIT_S = 2.0
 
 
-def money(micros: int | None) -> str:
-    """Micro-units as the operator's currency, with at least two decimals."""
-    d = Decimal(int(micros or 0)) / billing.MICROS
+def money(micros: int | str | None) -> str:
+    """Micro-units (or an exact decimal string from the store) as the operator's currency,
+    with at least two decimals."""
+    if isinstance(micros, str):
+        d = Decimal(micros)
+    else:
+        d = Decimal(int(micros or 0)) / billing.MICROS
     text = f"{d:.6f}".rstrip("0")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(2, '0')}"

@@ -336,3 +336,29 @@ def test_console_in_scaled_out_mode_shows_the_redis_queue(cluster: Any) -> None:
     assert "1 prediction" in history and pid in history
     status = user.get(f"/console/p/{pid}/status").text
     assert 'data-status="created"' in status
+
+
+def test_a_key_restricted_to_some_models_cannot_manage_keys(srv: ServerProcess) -> None:
+    account_id, _ = new_user(srv, "scoped-user")
+    with admin(srv) as a:
+        scoped = a.post(f"/accounts/{account_id}/keys",
+                        json={"name": "scoped", "models": ["veo3"]}).json()["key"]
+
+        def count() -> int:
+            return len(a.get(f"/accounts/{account_id}/keys").json())
+
+        c = signed_in(srv, scoped)
+        page = c.get("/console/account").text
+        assert 'id="new-key-form"' not in page and "cannot create or revoke keys" in page
+        before = count()
+        r = c.post("/console/account/keys", data={"name": "escalate", "csrf": csrf_of(page)})
+        assert r.status_code == 303 and "cannot+create+keys" in r.headers["location"]
+        assert count() == before
+        # The playground offers only the key's models; a forged form meets the API's rule.
+        playground = c.get("/console/playground").text
+        assert re.findall(r'<option value="([^"]+)"', playground.split('id="model"')[1]
+                          .split("</select>")[0]) == ["veo3"]
+        r = c.post("/console/playground", data={
+            "csrf": csrf_of(page), "model": "veo3.1-fast", "scene": "text-to-video",
+            "prompt": "not allowed", "duration": "4"})
+        assert "may not use model" in r.text

@@ -294,9 +294,9 @@ async def logout(request: Request) -> Response:
 # --- the playground -----------------------------------------------------------------------
 
 
-def field_spec(model: str, scene: str, request: Request) -> dict[str, Any]:
-    """Which fields, and which values, this model and scene take (from the catalog, and
-    for Google-served models what the mapped Google model can make)."""
+def field_spec(model: str, scene: str, request: Request, key: KeyRecord) -> dict[str, Any]:
+    """Which models this key may use, and which fields and values this model and scene take
+    (from the catalog, and for Google-served models what the mapped Google model can make)."""
     settings = services_of(request).settings
     m = catalog.MODELS[model]
     resolutions = list(catalog.RESOLUTIONS)
@@ -311,6 +311,8 @@ def field_spec(model: str, scene: str, request: Request) -> dict[str, Any]:
     if scene == "reference-to-video":
         durations = [catalog.FULL_LENGTH_S]
     return {
+        "models": [mm for mm in catalog.MODELS.values()
+                   if key.allowed_models is None or mm.name in key.allowed_models],
         "model": m,
         "scene": scene,
         "backend": backend,
@@ -326,8 +328,12 @@ def field_spec(model: str, scene: str, request: Request) -> dict[str, Any]:
     }
 
 
-def _model_scene(model: str | None, scene: str | None) -> tuple[str, str]:
-    model = model if model in catalog.MODELS else "veo3.1-fast"
+def _model_scene(model: str | None, scene: str | None,
+                 key: KeyRecord | None = None) -> tuple[str, str]:
+    allowed = [m for m in catalog.MODELS
+               if key is None or key.allowed_models is None or m in key.allowed_models]
+    default = "veo3.1-fast" if "veo3.1-fast" in allowed else (allowed or ["veo3.1-fast"])[0]
+    model = model if model in catalog.MODELS else default
     m = catalog.MODELS[model]
     scene = scene if scene in m.scenes else m.scenes[0]
     return model, scene
@@ -376,9 +382,10 @@ async def playground(request: Request, model: str | None = None, scene: str | No
             model, scene = pred.model, pred.scene
             values = {k: val for k, val in pred.params.items() if val is not None}
             values.update(await _reupload_inputs(request, v.key, pred))
-    model, scene = _model_scene(model, scene)
-    return page(request, "playground.html", v, spec=field_spec(model, scene, request),
-                values=values, models=list(catalog.MODELS.values()), nav="playground")
+    assert v.key is not None
+    model, scene = _model_scene(model, scene, v.key)
+    return page(request, "playground.html", v, spec=field_spec(model, scene, request, v.key),
+                values=values, nav="playground")
 
 
 async def _reupload_inputs(request: Request, key: KeyRecord, pred: Prediction) -> dict[str, Any]:
@@ -412,8 +419,10 @@ async def _reupload_inputs(request: Request, key: KeyRecord, pred: Prediction) -
 async def playground_fields(request: Request, model: str | None = None,
                             scene: str | None = None) -> Response:
     v = await viewer(request)
-    model, scene = _model_scene(model, scene)
-    return page(request, "_fields.html", v, spec=field_spec(model, scene, request), values={})
+    assert v.key is not None
+    model, scene = _model_scene(model, scene, v.key)
+    return page(request, "_fields.html", v, spec=field_spec(model, scene, request, v.key),
+                values={})
 
 
 def _preview_body(body: dict[str, Any], scene: str) -> dict[str, Any]:

@@ -3,11 +3,10 @@ day, and what the operator's status page shows (work in progress, live workers).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from reelgate.store.repo import KeyRecord, Store
 from reelgate.store.tables import (
@@ -78,32 +77,41 @@ class ConsoleStore:
     async def usage_by_day(
         self, since: datetime, account_id: str | None = None
     ) -> dict[date, dict[str, dict[str, int]]]:
-        """{day: {model: {"predictions", "completed", "seconds", "charged"}}} from ``since``.
-
-        Grouped here rather than in SQL: the day of a timestamp is spelled differently on
-        SQLite and PostgreSQL, and a month of one account's rows is small."""
-        query = select(
-            predictions.c.created_at,
-            predictions.c.model,
-            predictions.c.status,
-            predictions.c.price,
-            predictions.c.params["duration"].as_integer(),
-        ).where(predictions.c.created_at >= since)
+        """{day (UTC): {model: {"predictions", "completed", "seconds", "charged"}}} from
+        ``since``, grouped by the database."""
+        created = predictions.c.created_at
+        if self.engine.dialect.name == "postgresql":
+            # The day in UTC whatever the session's time zone.
+            day = func.date(func.timezone("UTC", created))
+        else:
+            # SQLite's date() reads the stored ISO text, offset included, as UTC.
+            day = func.date(created)
+        completed = predictions.c.status == COMPLETED
+        query = (
+            select(
+                day.label("day"),
+                predictions.c.model,
+                func.count().label("predictions"),
+                func.sum(case((completed, 1), else_=0)).label("completed"),
+                func.sum(case((completed, func.coalesce(
+                    predictions.c.params["duration"].as_integer(), 0)), else_=0)).label("seconds"),
+                func.sum(case((completed, predictions.c.price), else_=0)).label("charged"),
+            )
+            .where(created >= since)
+            .group_by(day, predictions.c.model)
+        )
         if account_id is not None:
             query = query.where(predictions.c.account_id == account_id)
-        out: dict[date, dict[str, dict[str, int]]] = defaultdict(
-            lambda: defaultdict(lambda: {"predictions": 0, "completed": 0, "seconds": 0,
-                                         "charged": 0})
-        )
+        out: dict[date, dict[str, dict[str, int]]] = {}
         async with self.engine.connect() as conn:
-            result = await conn.stream(query)
-            async for created_at, model, status, price, duration in result:
-                cell = out[created_at.date()][model]
-                cell["predictions"] += 1
-                if status == COMPLETED:
-                    cell["completed"] += 1
-                    cell["seconds"] += int(duration or 0)
-                    cell["charged"] += int(price or 0)
+            for row in await conn.execute(query):
+                d = row.day if isinstance(row.day, date) else date.fromisoformat(str(row.day))
+                out.setdefault(d, {})[row.model] = {
+                    "predictions": int(row.predictions),
+                    "completed": int(row.completed or 0),
+                    "seconds": int(row.seconds or 0),
+                    "charged": int(row.charged or 0),
+                }
         return out
 
     async def unfinished_counts(self) -> dict[str, int]:

@@ -362,3 +362,21 @@ def test_a_key_restricted_to_some_models_cannot_manage_keys(srv: ServerProcess) 
             "csrf": csrf_of(page), "model": "veo3.1-fast", "scene": "text-to-video",
             "prompt": "not allowed", "duration": "4"})
         assert "may not use model" in r.text
+
+
+def test_every_console_post_needs_the_csrf_token(srv: ServerProcess) -> None:
+    from reelgate.console import admin as admin_pages
+    from reelgate.console import routes
+
+    posts = sorted({route.path for route in [*routes.router.routes, *admin_pages.router.routes]
+                    if "POST" in (getattr(route, "methods", None) or ())})
+    assert len(posts) >= 14, posts  # the discovery found the forms
+    _, key = new_user(srv, "every-form")
+    user, op = signed_in(srv, key), signed_in(srv, ADMIN_TOKEN)
+    anonymous = httpx.Client(base_url=srv.base_url)
+    for path in posts:
+        url = re.sub(r"\{[^}]+\}", "0" * 32, path)
+        client = anonymous if path in ("/console/login", "/console/logout") else (
+            op if path.startswith("/console/admin") else user)
+        r = client.post(url, data={"name": "x", "amount": "1", "key": key})
+        assert r.status_code == 403 and "refused" in r.text, (path, r.status_code)

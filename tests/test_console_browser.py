@@ -243,6 +243,11 @@ def test_keys_created_once_and_revoked(context: Any, srv: ServerProcess, shots: 
     assert "revoked" in page.inner_text(f"tr[data-key='{secret[:10]}']")
     r = httpx.get(f"{srv.base_url}/api/v3/balance", headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 401
+    # Signing out ends the session: the pages ask to sign in again.
+    page.click("header button:has-text('Sign out')")
+    page.wait_for_url("**/console/login")
+    page.goto(f"{srv.base_url}/console/account")
+    assert page.url.endswith("/console/login")
 
 
 def test_admin_credits_an_account_and_the_user_sees_it(browser: Any, srv: ServerProcess,

@@ -281,6 +281,15 @@ def test_prediction_page_lists_webhook_deliveries(srv: ServerProcess) -> None:
         time.sleep(0.3)
     assert 'id="deliveries"' in page and "<code>msg_" in page
     assert hook in page
+    delivery = re.search(r"<code>(msg_[0-9a-f]+)</code>", page).group(1)  # type: ignore[union-attr]
+    r = c.post(f"/console/p/{pid}/deliveries/{delivery}/retry", data={"csrf": csrf_of(page)})
+    assert r.status_code == 303 and "sent+again" in r.headers["location"]
+    # Another account cannot touch it.
+    _, other = new_user(srv, "hook-other")
+    o = signed_in(srv, other)
+    r = o.post(f"/console/p/{pid}/deliveries/{delivery}/retry",
+               data={"csrf": csrf_of(o.get("/console/account").text)})
+    assert "No+such+delivery" in r.headers["location"]
 
 
 def test_operator_sees_google_channels_and_their_health(tmp_path: Path) -> None:

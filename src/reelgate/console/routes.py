@@ -660,6 +660,17 @@ async def delete_outputs(request: Request, prediction_id: str) -> Response:
                             status_code=303)
 
 
+@router.post("/p/{prediction_id}/deliveries/{delivery_id}/retry")
+async def retry_delivery(request: Request, prediction_id: str, delivery_id: str) -> Response:
+    v = await viewer(request)
+    await form_with_csrf(request, v)
+    assert v.key is not None
+    row = await services_of(request).webhooks.retry(v.key.account_id, delivery_id)
+    flash = "The webhook will be sent again now." if row else "No such delivery."
+    return RedirectResponse(f"/console/p/{prediction_id}?{urlencode({'flash': flash})}",
+                            status_code=303)
+
+
 async def _own_or_404(request: Request, v: Viewer, prediction_id: str) -> Prediction | Response:
     try:
         return await _own_prediction(request, v, prediction_id)

@@ -389,3 +389,18 @@ def test_every_console_post_needs_the_csrf_token(srv: ServerProcess) -> None:
             op if path.startswith("/console/admin") else user)
         r = client.post(url, data={"name": "x", "amount": "1", "key": key})
         assert r.status_code == 403 and "refused" in r.text, (path, r.status_code)
+
+
+def test_user_text_is_escaped_in_pages(srv: ServerProcess) -> None:
+    _, key = new_user(srv, "<b>xss</b>", credit="1.00")
+    api = srv.client(key)
+    pid = api.post("/api/v3/google/veo3.1-fast/text-to-video",
+                   json={"prompt": "<script>alert(1)</script> [sandbox:fail]",
+                         "duration": 4}).json()["data"]["id"]
+    wait_until_done(api, pid)
+    c = signed_in(srv, key)
+    page = c.get(f"/console/p/{pid}").text
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>xss</b>" not in c.get("/console/account").text
+    assert "<b>xss</b>" not in signed_in(srv, ADMIN_TOKEN).get("/console/admin").text

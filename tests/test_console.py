@@ -171,6 +171,10 @@ def test_price_preview_and_errors_come_from_the_api_rules(srv: ServerProcess) ->
     r = c.post("/console/playground", data={**form, "prompt": "a Forbidden  Thing"})
     assert "Blocked by the content policy" in r.text and 'id="err-prompt"' in r.text
     assert "forbidden" not in r.text.lower().split("blocked by the content policy", 1)[1]
+    # The operator sees the block (the same record as for the API).
+    blocks = signed_in(srv, ADMIN_TOKEN).get("/console/admin/blocks").text
+    row = next(r for r in blocks.split("<tr>") if "price-user" in r)
+    assert "blocklist" in row and "prompt" in row and "a Forbidden  Thing" in row
     # The key's rate limit applies to the console as to the API.
     with admin(srv) as a:
         assert a.patch("/accounts/price-user", json={"rate_per_minute": 1}).status_code == 200

@@ -1,7 +1,7 @@
 """webhook signing scheme per account
 
 Revision ID: 0004_i16
-Revises: 0003
+Revises: 0004_i14 (re-chained after main merged issue 14)
 Create Date: 2026-11-26 14:50:00
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_i16"
-down_revision = "0003"
+down_revision = "0004_i14"
 branch_labels = None
 depends_on = None
 

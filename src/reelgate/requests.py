@@ -17,6 +17,7 @@ from reelgate.errors import InvalidInput, NotFound
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1
 
 
 class CreateBody(BaseModel):
@@ -40,6 +41,11 @@ class CreateBody(BaseModel):
     )
     enable_sync_mode: bool | None = Field(
         None, description="Hold the request until the prediction ends."
+    )
+    enable_base64_output: bool | None = Field(
+        None,
+        description="Answer with each output video as naked base64 (no data: prefix) instead "
+        "of a URL, in the sync answer and when reading the prediction; not with a webhook.",
     )
     negative_prompt: str | None = None
     seed: int | None = None
@@ -68,6 +74,7 @@ class CreateRequest:
     negative_prompt: str | None
     seed: int | None
     generate_audio: bool
+    enable_base64_output: bool = False
 
     @property
     def output_resolution(self) -> str:
@@ -89,6 +96,7 @@ class CreateRequest:
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
             "generate_audio": self.generate_audio,
+            "enable_base64_output": self.enable_base64_output,
             "reference_count": len(self.images),
             "has_image": self.image is not None,
             "has_last_image": self.last_image is not None,
@@ -204,8 +212,10 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
                 f"must be {catalog.FULL_LENGTH_S} with reference images (got {duration})",
             )
 
-    if b.seed is not None and not 0 <= b.seed <= MAX_SEED:
-        raise InvalidInput("seed", f"must be between 0 and {MAX_SEED}")
+    # WaveSpeed documents seed -1 as "random", and its clients send it by default.
+    seed = None if b.seed == RANDOM_SEED else b.seed
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InvalidInput("seed", f"must be -1 (random) or between 0 and {MAX_SEED}")
 
     return CreateRequest(
         model=m.name,
@@ -221,8 +231,9 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         enable_upsample=_default(b.enable_upsample, "enable_upsample"),
         enable_sync_mode=_default(b.enable_sync_mode, "enable_sync_mode"),
         negative_prompt=(b.negative_prompt or "").strip() or None,
-        seed=b.seed,
+        seed=seed,
         generate_audio=_default(b.generate_audio, "generate_audio"),
+        enable_base64_output=_default(b.enable_base64_output, "enable_base64_output"),
     )
 
 

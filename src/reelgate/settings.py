@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 2.0
     # Longest a sync-mode request is held before it is answered with the object as it is.
     sync_timeout_s: float = 300.0
+    # enable_base64_output: the largest video (bytes, before encoding; base64 adds a third)
+    # an answer carries inline. A larger one is answered with HTTP 413 and a message that
+    # says how to fetch it, never silently as a URL.
+    base64_output_max_bytes: int = 32 * 1024 * 1024
 
     # --- routing -----------------------------------------------------------------------
     # Backend for every model unless model_backends names another for it.
@@ -111,6 +115,8 @@ class Settings(BaseSettings):
     # "720p/silent": 100000}}; anything not named costs Google's published price.
     prices: dict[str, dict[str, int]] = Field(default_factory=dict)
     price_markup_percent: float = 0.0
+    # The currency balances and prices are kept in (named in balance answers).
+    currency: str = "USD"
     # Backends whose predictions cost nothing (no hold, no ledger entries).
     free_backends: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sandbox"])
 

@@ -81,6 +81,23 @@ class AccountPatch(BaseModel):
     rate_per_minute: int | None = None
     max_concurrent: int | None = None
     disabled: bool | None = None
+    webhook_scheme: str | None = Field(
+        None,
+        description='How webhooks are signed: "wavespeed" (v3,<hex>), "standard" (Standard '
+        'Webhooks v1,<base64>) or "default" (the dialect\'s: wavespeed for v3).',
+    )
+
+
+def parse_webhook_scheme(value: str) -> str | None:
+    """A scheme name for the accounts table; "default" is stored as NULL."""
+    from reelgate.jobs.signing import SCHEMES
+
+    if value == "default":
+        return None
+    if value not in SCHEMES:
+        raise InvalidInput("webhook_scheme", f"must be one of {', '.join(SCHEMES)} or default "
+                           f"(got {value!r})")
+    return value
 
 
 class KeyIn(BaseModel):
@@ -115,8 +132,11 @@ async def get_account(account: str, admin: AdminStore = Depends(require_admin)) 
 async def patch_account(
     account: str, body: AccountPatch, admin: AdminStore = Depends(require_admin)
 ) -> Any:
+    account_id = await admin.resolve_account(account)
+    if body.webhook_scheme is not None:
+        await admin.set_webhook_scheme(account_id, parse_webhook_scheme(body.webhook_scheme))
     return await admin.set_limits(
-        await admin.resolve_account(account),
+        account_id,
         rate_per_minute=body.rate_per_minute,
         max_concurrent=body.max_concurrent,
         disabled=body.disabled,

@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(uploads.router)
     app.include_router(webhooks.router)
+    app.include_router(webhooks.secret_router)
     app.include_router(media.router)
 
     from reelgate import console

@@ -100,6 +100,8 @@ async def upload_binary(request: Request, key: KeyRecord = Depends(require_key))
         "message": "success",
         "data": {
             "id": record["id"],
+            # WaveSpeed's field: image, video or audio; reelgate takes images only.
+            "type": "image",
             "download_url": services.uploads.download_url(
                 record["id"],
                 record["filename"],

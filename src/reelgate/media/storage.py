@@ -7,6 +7,7 @@ a web server in front of the same directory) replaces the signed URLs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -23,6 +24,15 @@ class Storage(Protocol):
     async def delete(self, key: str) -> None: ...
     async def check(self) -> None: ...
     def url(self, key: str, base_url: str) -> str: ...
+    async def read_bytes(self, key: str, max_bytes: int) -> bytes: ...
+
+
+class TooLarge(Exception):
+    """An object is bigger than the caller may hold in memory; nothing was read."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key} is {size} bytes, over the limit of {limit} bytes")
+        self.key, self.size, self.limit = key, size, limit
 
 
 def _safe_key(key: str) -> str:
@@ -88,6 +98,16 @@ class LocalStorage:
         probe = self.root / f".ready-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
+
+    async def read_bytes(self, key: str, max_bytes: int) -> bytes:
+        """The whole object, for answers that carry it inline (enable_base64_output).
+        The size is checked first, so an oversized file is never read; a missing one
+        raises FileNotFoundError."""
+        path = self.path(key)
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise TooLarge(key, size, max_bytes)
+        return await asyncio.to_thread(path.read_bytes)
 
     def url(self, key: str, base_url: str) -> str:
         if self.public_base_url:

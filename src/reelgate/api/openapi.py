@@ -55,12 +55,22 @@ def statuses(route: APIRoute) -> set[str]:
     return found
 
 
-def _api_routes(routes: list[Any]) -> Iterator[APIRoute]:
+def api_routes(routes: list[Any]) -> Iterator[APIRoute]:
     for route in routes:
         if isinstance(route, APIRoute):
             yield route
         elif hasattr(route, "original_router"):  # FastAPI >= 0.160 wraps included routers
-            yield from _api_routes(route.original_router.routes)
+            yield from api_routes(route.original_router.routes)
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at ``path`` (for a 405's Allow header: Starlette's
+    names only the first matching route's, though FastAPI registers one route per method)."""
+    methods: set[str] = set()
+    for route in api_routes(app.routes):
+        if route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def build(app: FastAPI, extra_schemas: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +85,7 @@ def build(app: FastAPI, extra_schemas: dict[str, Any]) -> dict[str, Any]:
         components.setdefault(name, sub)
     components["ErrorBody"].pop("$defs", None)
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-    for route in _api_routes(app.routes):
+    for route in api_routes(app.routes):
         if not route.include_in_schema:
             continue
         item = schema["paths"].get(route.path_format, {})

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import colorsys
 import hashlib
-import io
 import math
 import re
 import textwrap
@@ -32,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from reelgate import catalog
 from reelgate.backends.base import BackendError, Job
+from reelgate.media.images import open_for_render
 from reelgate.media.video import AUDIO_SAMPLE_RATE, encode_mp4
 
 if TYPE_CHECKING:
@@ -151,12 +151,13 @@ def _scene_frames(
     # tied the two together, and this way a missing input can never crash a render.
     if job.scene == "reference-to-video" and inputs.images:
         background = _Background(rng, width, height)
-        refs = [_decode_image(b, "reference image") for b in inputs.images]
+        refs = [_decode_image(b, "reference image", (width, height)) for b in inputs.images]
         return _reference_frames(background, refs, rng, width, height, frame_count, fps, overlay)
     if inputs.image is not None:
-        first = _cover(_decode_image(inputs.image, "image"), width, height)
+        first = _cover(_decode_image(inputs.image, "image", (width, height)), width, height)
         if inputs.last_image is not None:
-            last = _cover(_decode_image(inputs.last_image, "last_image"), width, height)
+            last = _cover(_decode_image(inputs.last_image, "last_image", (width, height)),
+                          width, height)
             return _morph_frames(first, last, rng, frame_count)
         return _ken_burns_frames(first, rng, frame_count)
     return _background_frames(_Background(rng, width, height), frame_count, fps)
@@ -165,20 +166,13 @@ def _scene_frames(
 # --- input images ----------------------------------------------------------------------
 
 
-def _decode_image(data: bytes, what: str) -> Image.Image:
+def _decode_image(data: bytes, what: str, size: tuple[int, int]) -> Image.Image:
+    # Decoded no larger than the frame needs, under the process-wide decode budget
+    # (media/images.py): a 50-megapixel input costs a frame's worth of memory, not 400 MB.
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        return open_for_render(data, size)
     except Exception as e:  # Pillow raises many types for bad data
         raise BackendError(f"sandbox: cannot decode the {what}: {e}") from e
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Show transparent areas on dark grey rather than on whatever colour is stored
-        # under the alpha.
-        rgba = img.convert("RGBA")
-        back = Image.new("RGBA", rgba.size, (32, 32, 32, 255))
-        return Image.alpha_composite(back, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def _cover(img: Image.Image, width: int, height: int) -> Image.Image:

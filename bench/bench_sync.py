@@ -4,9 +4,10 @@ N clients (1,000 by default) each POST a text-to-video create with ``enable_sync
 to one embedded ``reelgate serve`` (SQLite, in-process workers, tiny sandbox renders) and
 hold the connection. Every prediction first waits ``--hold`` seconds in the sandbox (so all
 N are accepted and held before the first one ends), then renders; the renders share the
-process's thread pool, so the ends come one after another while N requests are held. For every answer it measures end-to-answer delay: the time the client
-received the answer minus the row's ``completed_at``. It prints p50/p99/max of that delay,
-the wall time, and the server's peak RSS (VmHWM).
+process's thread pool, so the ends come one after another while N requests are held.
+For every answer it measures the end-to-answer delay: the time the client received the
+answer minus the row's ``completed_at``. It prints p50/p99/max of that delay, the wall
+time, and the server's peak RSS (VmHWM).
 
 ``--baseline-src PATH`` runs the same load, in the same run, against another checkout's
 ``src`` (e.g. main's, from ``git archive main src``) for a side-by-side ratio.

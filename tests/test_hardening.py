@@ -235,3 +235,99 @@ def test_openapi_documents_every_status(admin_server: ServerProcess) -> None:
         assert {"400", "401", "403", "429"} <= set(ops[(method, path)]["responses"]), path
     assert "404" in ops[("POST", "/api/v3/webhooks/deliveries/{delivery_id}/retry")][
         "responses"]
+
+
+# --- sync-mode wake-ups cannot be lost ------------------------------------------------------
+
+
+async def test_end_published_during_a_read_wakes_the_waiter() -> None:
+    from reelgate.jobs.notify import LocalNotifier
+
+    notifier = LocalNotifier()
+    notifier.fallback_s = 3600  # no safety-net re-read inside this test
+    state = {"finished": False, "reads": 0}
+
+    class Row:
+        def __init__(self, finished: bool) -> None:
+            self.finished = finished
+
+    async def read() -> Row:
+        state["reads"] += 1
+        row = Row(bool(state["finished"]))
+        if state["reads"] == 1:
+            # The prediction ends while this read is in flight, after it saw the old row:
+            # the window where clearing the flag after the read lost the wake-up.
+            state["finished"] = True
+            await notifier.publish("p1")
+        return row
+
+    row, ended = await notifier.wait("p1", read, timeout=5)
+    assert ended and row is not None and row.finished
+    assert state["reads"] == 2
+
+
+async def test_wait_gives_up_at_its_timeout_with_the_row_as_it_stands() -> None:
+    from reelgate.jobs.notify import LocalNotifier
+
+    notifier = LocalNotifier()
+
+    class Row:
+        finished = False
+
+    async def read() -> Row:
+        return Row()
+
+    row, ended = await notifier.wait("p2", read, timeout=0.2)
+    assert not ended and isinstance(row, Row)
+
+
+# --- images are decoded under a budget and no larger than needed -----------------------------
+
+
+def test_images_for_render_are_reduced_before_use() -> None:
+    import io
+
+    from PIL import Image
+
+    from reelgate.media.images import open_for_render
+
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (6000, 4000), (200, 30, 30)).save(buf, fmt)
+        im = open_for_render(buf.getvalue(), (1280, 720))
+        # At least the frame in both directions, at most about twice it.
+        assert 1280 <= im.width < 2 * 1280 + 1280 and 720 <= im.height, im.size
+        assert im.width * im.height < 6000 * 4000 / 4
+        assert im.mode == "RGB"
+        r, g, b = im.getpixel((im.width // 2, im.height // 2))
+        assert r > 150 and g < 80 and b < 80
+
+
+def test_decode_budget_bounds_concurrent_decodes() -> None:
+    import threading
+    import time
+
+    from reelgate.media.images import DecodeBudget
+
+    budget = DecodeBudget(100)
+    in_use: list[int] = []
+    current = [0]
+    lock = threading.Lock()
+
+    def decode(nbytes: int) -> None:
+        with budget.hold(nbytes):
+            with lock:
+                current[0] += min(nbytes, 100)
+                in_use.append(current[0])
+            time.sleep(0.02)
+            with lock:
+                current[0] -= min(nbytes, 100)
+
+    threads = [threading.Thread(target=decode, args=(n,)) for n in (60, 60, 60, 250, 30, 30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Never more than the budget at once; the one larger than the budget ran alone.
+    assert max(in_use) <= 100
+    assert len(in_use) == 6

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # cost ~9x the CPU of 720p, so small machines may cap 4k output; the README says so.
     sandbox_max_height: int = 0
     sandbox_fps: int = 24
+    # Worker processes for sandbox renders (0: render in a thread of the server). None: as
+    # many as worker_concurrency, at most the CPU count.
+    sandbox_render_processes: int | None = None
 
     # --- input fetching --------------------------------------------------------------------
     fetch_max_bytes: int = 20 * 1024 * 1024

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -37,35 +39,63 @@ _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that turn the picture by 90 deg
 
 
 class DecodeBudget:
-    """A semaphore counted in bytes, for threads (decoding runs in worker threads).
+    """A semaphore counted in bytes, for threads and, once ``share()``d, for processes
+    (decoding runs in worker threads, and sandbox renders in worker processes).
 
     A request larger than the whole budget still runs, alone, so one near-limit image is
     never refused by the budget, only made to wait until nothing else is decoding."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, shared: tuple[Any, Any] | None = None) -> None:
         self.capacity = max(1, capacity)
-        self._used = 0
-        self._cond = threading.Condition()
+        if shared is None:
+            self._cond: Any = threading.Condition()
+            self._used: Any = _Counter()
+        else:
+            self._cond, self._used = shared
+
+    def share(self) -> tuple[int, Any, Any]:
+        """Switch to a lock and counter that child processes can use too, and return what
+        ``adopt()`` needs in a child (pass it to the pool's initializer)."""
+        if isinstance(self._used, _Counter):
+            ctx = multiprocessing.get_context("spawn")
+            cond, used = ctx.Condition(), ctx.RawValue("q", 0)
+            with self._cond:
+                used.value = self._used.value
+                self._cond, self._used = cond, used
+        return self.capacity, self._cond, self._used
 
     @contextlib.contextmanager
     def hold(self, nbytes: int) -> Iterator[None]:
         want = min(max(0, nbytes), self.capacity)
         with self._cond:
-            self._cond.wait_for(lambda: self._used + want <= self.capacity)
-            self._used += want
+            self._cond.wait_for(lambda: self._used.value + want <= self.capacity)
+            self._used.value += want
         try:
             yield
         finally:
             with self._cond:
-                self._used -= want
+                self._used.value -= want
                 self._cond.notify_all()
+
+
+class _Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
 
 
 # 256 MiB: one 50-megapixel RGBA frame (200 MB) fits; two do not, so the largest inputs are
 # decoded one at a time. REELGATE_IMAGE_DECODE_BUDGET_MB changes it (read once at import:
-# the budget is per process by nature).
+# the budget belongs to the process, and to the render processes it shares it with).
 DECODE_BUDGET = DecodeBudget(int(os.environ.get("REELGATE_IMAGE_DECODE_BUDGET_MB", "256"))
                              * 1024 * 1024)
+
+
+def adopt_budget(capacity: int, cond: Any, used: Any) -> None:
+    """In a child process: decode under the parent's budget (see DecodeBudget.share)."""
+    global DECODE_BUDGET
+    DECODE_BUDGET = DecodeBudget(capacity, shared=(cond, used))
 
 
 # Pillow stores a decoded image in blocks of 16 MiB by default, under glibc's largest

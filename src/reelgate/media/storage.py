@@ -7,6 +7,7 @@ a web server in front of the same directory) replaces the signed URLs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -65,6 +66,11 @@ class LocalStorage:
         return self.root / _safe_key(key)
 
     async def put_file(self, key: str, src: Path) -> None:
+        # In a thread: an fsync can take 100s of ms on a busy disk, and on the event loop
+        # it held up every answer of the process (found profiling held sync requests).
+        await asyncio.to_thread(self._put_file, key, src)
+
+    def _put_file(self, key: str, src: Path) -> None:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")

@@ -3,8 +3,9 @@
 Each request is a reference-to-video create carrying three 7000x7000 PNGs (49 megapixels
 each, just under the 50-megapixel limit) as data: URIs, about 0.8 MB of JSON in all, held
 in sync mode until its video is rendered. For each case a fresh ``reelgate serve``
-(embedded: the render runs in the same process) is measured: RSS when idle, peak RSS
-(VmHWM) over the whole request, and RSS a few seconds after the answer.
+(embedded: it renders too, in its render processes) is measured, summed over the server
+and its child processes: RSS when idle, peak RSS over the requests (sampled every 10 ms),
+and RSS a few seconds after the answers.
 
 ``--baseline-src PATH`` measures another checkout's ``src`` (e.g. main's) in the same run.
 
@@ -20,6 +21,7 @@ import io
 import os
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,10 +52,53 @@ def near_limit_png(seed: int) -> str:
 
 
 def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return 0  # the process has just ended
     raise KeyError(field)
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (the server's render processes)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+class TreeSampler:
+    """Peak of the summed RSS of a process and its children, sampled every 10 ms (each
+    process's own VmHWM would add peaks that happened at different times)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> float:
+        return sum(status_kib(p, "VmRSS") for p in tree(self.pid)) / 1024
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def measure(label: str, parallel: int, body: dict, workdir: Path,
@@ -78,26 +123,27 @@ def measure(label: str, parallel: int, body: dict, workdir: Path,
                    json={"prompt": "warm-up", "duration": 4, "generate_audio": False,
                          "enable_sync_mode": True}).raise_for_status()
             time.sleep(1)
-            idle = status_kib(proc.pid, "VmRSS") / 1024
-            base_hwm = status_kib(proc.pid, "VmHWM") / 1024
+            sampler = TreeSampler(proc.pid)
+            idle = sampler.now()
+            processes = len(tree(proc.pid))
             t0 = time.monotonic()
 
             def one(_: int) -> str:
                 r = c.post(PATH, json=body)
                 return f"{r.status_code} {r.json()['data']['status'] if r.is_success else r.text}"
 
-            with ThreadPoolExecutor(parallel) as pool:
+            with sampler, ThreadPoolExecutor(parallel) as pool:
                 answers = list(pool.map(one, range(parallel)))
-            wall = time.monotonic() - t0
-            time.sleep(3)
-            peak = status_kib(proc.pid, "VmHWM") / 1024
-            after = status_kib(proc.pid, "VmRSS") / 1024
+                wall = time.monotonic() - t0
+                time.sleep(3)
+            peak = sampler.peak
+            after = sampler.now()
     finally:
         proc.terminate()
         proc.wait()
     if any(not a.startswith("200 completed") for a in answers):
         print(f"  {label} x{parallel}: unexpected answers {answers}")
-    return {"idle": idle, "peak": max(peak, base_hwm), "after": after, "wall": wall}
+    return {"idle": idle, "peak": peak, "after": after, "wall": wall, "processes": processes}
 
 
 def main() -> None:
@@ -118,12 +164,14 @@ def main() -> None:
                              measure("baseline", parallel, body, Path(tmp), args.baseline_src)))
             rows.append(("this tree", parallel, measure("current", parallel, body, Path(tmp),
                                                         None)))
-    print(f"\n| | requests at once | idle RSS | peak RSS | peak above idle | RSS after | "
-          f"wall | within {CEILING_MIB} MiB? |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\nRSS summed over the server and its render processes (if any), sampled every 10 ms")
+    print(f"\n| | requests at once | processes | idle RSS | peak RSS | peak above idle | "
+          f"RSS after | wall | within {CEILING_MIB} MiB? |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, parallel, r in rows:
         above = r["peak"] - r["idle"]
-        print(f"| {name} | {parallel} | {r['idle']:.0f} MiB | {r['peak']:.0f} MiB | "
+        print(f"| {name} | {parallel} | {r['processes']} | {r['idle']:.0f} MiB | "
+              f"{r['peak']:.0f} MiB | "
               f"{above:.0f} MiB | {r['after']:.0f} MiB | {r['wall']:.1f} s | "
               f"{'yes' if above <= CEILING_MIB else 'no'} |")
 

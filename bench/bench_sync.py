@@ -7,7 +7,7 @@ N are accepted and held before the first one ends), then renders; the renders sh
 process's thread pool, so the ends come one after another while N requests are held.
 For every answer it measures the end-to-answer delay: the time the client received the
 answer minus the row's ``completed_at``. It prints p50/p99/max of that delay, the wall
-time, and the server's peak RSS (VmHWM).
+time, and the peak RSS of the server and its render processes together.
 
 ``--baseline-src PATH`` runs the same load, in the same run, against another checkout's
 ``src`` (e.g. main's, from ``git archive main src``) for a side-by-side ratio.
@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_api import free_port, make_key, start, wait_up  # noqa: E402
+from bench_memory import TreeSampler  # noqa: E402
 
 PATH = "/api/v3/google/veo3.1-fast/text-to-video"
 
@@ -77,11 +78,6 @@ def completed_at(db: Path, ids: list[str]) -> dict[str, float]:
     return {pid: out[pid] for pid in ids if pid in out}
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run(label: str, clients: int, workdir: Path, src: str | None,
@@ -110,9 +106,10 @@ def run(label: str, clients: int, workdir: Path, src: str | None,
                                    for i in range(clients)))
 
         t0 = time.monotonic()
-        asyncio.run(main())
+        with TreeSampler(proc.pid) as sampler:
+            asyncio.run(main())
         wall = time.monotonic() - t0
-        peak = peak_rss_mib(proc.pid)
+        peak = sampler.peak
     finally:
         proc.terminate()
         proc.wait()

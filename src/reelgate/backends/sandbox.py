@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import colorsys
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -581,6 +582,14 @@ async def _no_upstream(ref: str) -> None:
     return None
 
 
+def _init_render_process(capacity: int, cond: object, used: object) -> None:
+    # Renders are batch work; the server process answers people. Lower priority here keeps
+    # the server's answers prompt when the CPUs are busy.
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    adopt_budget(capacity, cond, used)
+
+
 def _render_in_child(job: Job, out_path: Path, fps: int, max_height: int) -> None:
     render_sandbox_video(job, out_path, fps=fps, max_height=max_height)
 
@@ -637,7 +646,7 @@ class SandboxBackend:
             # forked child would inherit in whatever state they were in.
             self._pool = ProcessPoolExecutor(
                 self.processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=adopt_budget, initargs=self._budget,
+                initializer=_init_render_process, initargs=self._budget,
             )
         return self._pool
 

@@ -35,7 +35,7 @@ R = TypeVar("R", bound=_Row)
 class LocalNotifier:
     # Re-read this often (+-50% jitter, so held requests do not all read at once) even
     # without a wake-up. In-process a wake-up is never lost, so this is only a safety net.
-    fallback_s: float = 30.0
+    fallback_s: float = 60.0
 
     def __init__(self) -> None:
         self._events: dict[str, set[asyncio.Event]] = defaultdict(set)

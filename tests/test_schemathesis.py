@@ -50,7 +50,8 @@ def run_schemathesis(tmp_path: Path, extra_env: dict[str, str]) -> None:
             "--request-timeout", "30", "--generation-database", "none",
             "--suppress-health-check", "all", "--no-color", "--workers", "2",
         ]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        # Run in tmp_path: schemathesis keeps a cache of what it found in its working dir.
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     finally:
         srv.stop()
     report = out.stdout[-20000:] + out.stderr[-3000:]

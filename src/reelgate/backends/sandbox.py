@@ -23,6 +23,8 @@ import multiprocessing
 import os
 import re
 import textwrap
+import threading
+import time
 import unicodedata
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -582,12 +584,21 @@ async def _no_upstream(ref: str) -> None:
     return None
 
 
+def _exit_with(parent: int) -> None:
+    # A pool's worker holds both ends of its task pipe, so it never sees EOF when the
+    # server is SIGKILLed; without this it would wait for work forever.
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
 def _init_render_process(capacity: int, cond: object, used: object) -> None:
     # Renders are batch work; the server process answers people. Lower priority here keeps
     # the server's answers prompt when the CPUs are busy.
     with contextlib.suppress(OSError):
         os.nice(10)
     adopt_budget(capacity, cond, used)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
 
 
 def _render_in_child(job: Job, out_path: Path, fps: int, max_height: int) -> None:

@@ -168,6 +168,13 @@ def test_create_limits_and_strict_types(api: httpx.Client, body: dict, field: st
     assert prediction_count(api) == before
 
 
+def test_upload_ticket_strict_types(api: httpx.Client) -> None:
+    for body, field in (({"filename": "a.png", "size": "5"}, "size"),
+                        ({"filename": "a.png", "size": True}, "size"),
+                        ({"filename": 7, "size": 5}, "filename")):
+        assert_error(api.post("/api/v3/media/uploads", json=body), 400, field)
+
+
 @pytest.fixture(scope="module")
 def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path_factory.mktemp("hardening-admin"),

@@ -126,6 +126,8 @@ predictions = Table(
     Column("webhook", Text, nullable=True),
     Column("base_url", Text, nullable=True),
     Column("outputs_deleted_at", UTCDateTime(), nullable=True),
+    # Storage key of a JPEG poster frame taken from the video when it was stored.
+    Column("poster", Text, nullable=True),
     Index("ix_predictions_account_created", "account_id", "created_at"),
     Index("ix_predictions_status_lease", "status", "lease_expires_at"),
 )

@@ -101,9 +101,15 @@ class Settings(BaseSettings):
     # cost ~9x the CPU of 720p, so small machines may cap 4k output; the README says so.
     sandbox_max_height: int = 0
     sandbox_fps: int = 24
+    # Worker processes for sandbox renders (0: render in a thread of the server). None: as
+    # many as worker_concurrency, at most the CPU count.
+    sandbox_render_processes: int | None = None
 
     # --- input fetching --------------------------------------------------------------------
     fetch_max_bytes: int = 20 * 1024 * 1024
+    # Largest JSON request body; 0: room for three data: URI images of fetch_max_bytes each
+    # (base64 adds a third) plus 1 MiB for the rest.
+    max_body_bytes: int = 0
     fetch_timeout_s: float = 15.0
     fetch_max_redirects: int = 5
     # Hosts or networks (CIDR) exempt from the private-address guard. Empty by default:
@@ -213,6 +219,13 @@ class Settings(BaseSettings):
             finally:
                 tmp.unlink(missing_ok=True)
         return path.read_text().strip().encode()
+
+    @property
+    def body_limit(self) -> int:
+        """The JSON body limit in bytes (max_body_bytes, or the default it describes)."""
+        if self.max_body_bytes > 0:
+            return self.max_body_bytes
+        return 3 * (4 * -(-self.fetch_max_bytes // 3)) + 1024 * 1024
 
 
 def _remote_default() -> int:

@@ -20,6 +20,8 @@ from reelgate.store.tables import ENDED, UNFINISHED
 
 STATUSES = (*UNFINISHED, *ENDED)
 MAX_PAGE_SIZE = 100
+# Bounded so the offset, (page - 1) * page_size, always fits the database's integer.
+MAX_PAGE = 1_000_000
 
 
 def parse_time(value: Any, field: str, *, end_of_day: bool = False) -> datetime | None:
@@ -35,16 +37,24 @@ def parse_time(value: Any, field: str, *, end_of_day: bool = False) -> datetime 
             if len(text) == 10:
                 day = date.fromisoformat(text)
                 parsed = datetime.combine(day, datetime.min.time(), UTC)
-                return parsed + timedelta(days=1) if end_of_day else parsed
+                if not end_of_day:
+                    return parsed
+                # Through 9999-12-31 is no upper bound at all (the next day does not exist).
+                return None if day == date.max else parsed + timedelta(days=1)
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise InvalidInput(
                 field, f"must be an ISO 8601 date-time such as 2023-10-01T00:00:00Z "
-                f"(got {value!r})"
+                f"(got {value[:64]!r})"
             ) from None
     else:
         raise InvalidInput(field, "must be an ISO 8601 date-time string")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        # In UTC now, so a far-off offset cannot overflow later inside the database driver.
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput(field, "must be a time between years 1 and 9999") from None
 
 
 class HistoryBody(BaseModel):
@@ -52,7 +62,7 @@ class HistoryBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    page: int = Field(1, ge=1, strict=True, description="Page number, from 1.")
+    page: int = Field(1, ge=1, le=MAX_PAGE, strict=True, description="Page number, from 1.")
     page_size: int = Field(MAX_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, strict=True,
                            description="Predictions per page, 1 to 100.")
     model: str | None = Field(
@@ -89,8 +99,8 @@ class HistoryFilter(BaseModel):
               created_after: datetime | None, created_before: datetime | None,
               after_name: str = "created_after",
               before_name: str = "created_before") -> HistoryFilter:
-        if page < 1:
-            raise InvalidInput("page", f"must be at least 1 (got {page})")
+        if not 1 <= page <= MAX_PAGE:
+            raise InvalidInput("page", f"must be between 1 and {MAX_PAGE} (got {page})")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidInput("page_size", f"must be between 1 and {MAX_PAGE_SIZE} "
                                f"(got {page_size})")

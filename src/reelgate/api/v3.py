@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from reelgate import intake
+from reelgate.api import body as bounded
 from reelgate.api.auth import require_key
 from reelgate.api.history import (
+    MAX_PAGE,
     HistoryBody,
     HistoryFilter,
     filter_from_body,
@@ -60,13 +59,14 @@ async def render_full(pred: Prediction, request: Request, services: Services,
 
 
 async def _json_body(request: Request) -> Any:
+    # Parsed (with bounds) by BoundedInputMiddleware when sent as JSON; clients that send
+    # no Content-Type get the same parser here.
+    if bounded.SCOPE_KEY in request.scope:
+        return request.scope[bounded.SCOPE_KEY]
     raw = await request.body()
     if not raw.strip():
         raise InvalidInput("body", "must be a JSON object with at least a prompt")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput("body", f"is not valid JSON ({exc})") from None
+    return bounded.parse_json(raw, max_bytes=services_of(request).settings.body_limit)
 
 
 @router.post(
@@ -115,22 +115,10 @@ async def create_prediction(
 async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Prediction, bool]:
     """Hold a sync-mode request until the prediction ends or the ceiling passes; says
     whether it ended."""
-    async with services.notifier.subscribe(pred.id) as ended:
-        try:
-            async with asyncio.timeout(services.settings.sync_timeout_s):
-                while True:
-                    current = await services.store.get(pred.id)
-                    if current is None or current.finished:
-                        break
-                    ended.clear()
-                    # Woken by the notifier; the timeout is only a safety net for a lost
-                    # notification, not a polling loop.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(ended.wait(), 10)
-        except TimeoutError:
-            pass
-    current = await services.store.get(pred.id) or pred
-    return current, current.finished
+    current, ended = await services.notifier.wait(
+        pred.id, lambda: services.store.get(pred.id), services.settings.sync_timeout_s
+    )
+    return current or pred, ended and current is not None
 
 
 async def _read(prediction_id: str, request: Request, key: KeyRecord,
@@ -193,7 +181,8 @@ async def list_predictions(
     until: str | None = Query(None, alias="to", description="YYYY-MM-DD (inclusive) or ISO"),
     created_after: str | None = Query(None, description="ISO 8601 (as in the POST form)"),
     created_before: str | None = Query(None, description="ISO 8601 (as in the POST form)"),
-    page: int = Query(1, ge=1),
+    # Bounded so the offset, (page - 1) * page_size, always fits the database's integer.
+    page: int = Query(1, ge=1, le=MAX_PAGE),
     page_size: int = Query(20, ge=1, le=100),
     key: KeyRecord = Depends(require_key),
 ) -> dict[str, Any]:
@@ -225,13 +214,12 @@ async def list_predictions(
 async def list_predictions_post(request: Request,
                                 key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
     services = services_of(request)
-    raw = await request.body()
-    body: Any = None
-    if raw.strip():
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput("body", f"is not valid JSON ({exc})") from None
+    # The same bounded parser as every JSON body (the middleware's result when sent as JSON).
+    body: Any = request.scope.get(bounded.SCOPE_KEY)
+    if body is None:
+        raw = await request.body()
+        if raw.strip():
+            body = bounded.parse_json(raw, max_bytes=services.settings.body_limit)
     f = filter_from_body(body)
     return envelope(await history_page(services, key.account_id, f, base_url(request, services)))
 

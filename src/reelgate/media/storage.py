@@ -75,6 +75,11 @@ class LocalStorage:
         return self.root / _safe_key(key)
 
     async def put_file(self, key: str, src: Path) -> None:
+        # In a thread: an fsync can take 100s of ms on a busy disk, and on the event loop
+        # it held up every answer of the process (found profiling held sync requests).
+        await asyncio.to_thread(self._put_file, key, src)
+
+    def _put_file(self, key: str, src: Path) -> None:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")

@@ -54,7 +54,7 @@ def parse_time(value: Any, field: str, *, end_of_day: bool = False) -> datetime 
         # In UTC now, so a far-off offset cannot overflow later inside the database driver.
         return parsed.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput(field, "must be a time between years 1 and 9999") from None
+        raise InvalidInput(field, "must be an ISO 8601 time between years 1 and 9999") from None
 
 
 class HistoryBody(BaseModel):

@@ -215,11 +215,16 @@ async def list_predictions_post(request: Request,
                                 key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
     services = services_of(request)
     # The same bounded parser as every JSON body (the middleware's result when sent as JSON).
-    body: Any = request.scope.get(bounded.SCOPE_KEY)
-    if body is None:
+    # No body means no filter; a body of JSON null is not the documented object (a 400).
+    body: Any = {}
+    if bounded.SCOPE_KEY in request.scope:
+        body = request.scope[bounded.SCOPE_KEY]
+    else:
         raw = await request.body()
         if raw.strip():
             body = bounded.parse_json(raw, max_bytes=services.settings.body_limit)
+    if body is None:
+        raise InvalidInput("body", "must be a JSON object (or no body at all)")
     f = filter_from_body(body)
     return envelope(await history_page(services, key.account_id, f, base_url(request, services)))
 

@@ -42,21 +42,14 @@ def serve(
 ) -> None:
     """Run the API server (migrations run on start). Embedded, it runs its own workers;
     with REELGATE_QUEUE_URL set, `reelgate worker` processes do the work."""
-    import uvicorn
-
+    from reelgate.api import drain
     from reelgate.api.app import create_app
     from reelgate.logs import configure_logging
 
     configure_logging(log_level)
     settings = Settings()
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=log_level,
-        log_config=None,  # our JSON (or text) handler, set above, formats uvicorn too
-        timeout_graceful_shutdown=10,
-    )
+    # SIGTERM drains: held sync-mode requests are answered before the process exits.
+    drain.run(create_app(settings), settings, host=host, port=port, log_level=log_level)
 
 
 @app.command()

@@ -47,6 +47,25 @@ BACKEND_LATENCY = Histogram(
 UPSTREAM_ERRORS = Counter(
     "reelgate_backend_errors_total", "Backend failures", ["backend", "kind"]
 )
+DISPATCH_ERRORS = Counter(
+    "reelgate_dispatch_errors_total",
+    "Stored predictions whose dispatch failed (the reconciler runs them)",
+)
+QUEUE_CONSUMER_UP = Gauge(
+    "reelgate_queue_consumer_up",
+    "1 while this worker's consumer of a backend's stream is connected, 0 while it "
+    "reconnects after a broker error", ["backend"],
+)
+QUEUE_CONSUMER_ERRORS = Counter(
+    "reelgate_queue_consumer_errors_total",
+    "Broker errors that broke a consumer's read loop (it reconnects with backoff)",
+    ["backend"],
+)
+UNCONFIRMED_SUBMISSIONS = Counter(
+    "reelgate_unconfirmed_submissions_total",
+    "Predictions found with a submission intended but no upstream handle, by the action "
+    "taken (resubmit or fail)", ["backend", "policy"],
+)
 
 
 async def refresh(services: Services) -> None:

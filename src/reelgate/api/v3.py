@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 
 from reelgate import intake
 from reelgate.api.auth import require_key
@@ -62,13 +63,20 @@ async def create_prediction(
     scene: str,
     request: Request,
     webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key",
+        description="Any unique string (a UUID): a retry with the same key and body returns "
+        "the same prediction (kept with it, at least 24 hours); the same key with another "
+        "body is a 409."),
     key: KeyRecord = Depends(require_key),
 ) -> dict[str, Any]:
     services = services_of(request)
     resolve_model_scene(model, scene)  # an unknown route is a 404 whatever the body
+    idempotency_key = intake.check_idempotency_key(idempotency_key)
     body = await _json_body(request)
     pred, req = await intake.accept(services, key, model, scene, body,
-                                    base_url=base_url(request, services), webhook=webhook)
+                                    base_url=base_url(request, services), webhook=webhook,
+                                    idempotency_key=idempotency_key)
     if not req.enable_sync_mode:
         return render(pred, request, services)
     pred, ended = await _wait_for_end(services, pred)
@@ -77,32 +85,47 @@ async def create_prediction(
         # What WaveSpeed clients expect from a sync wait that ran out: still processing,
         # and an error text that says so and where to read the result later.
         data = answer["data"]
-        data["error"] = (
-            f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
-            f"prediction is still {data['status']}. Query the result later at "
-            f"{data['urls']['get']}"
-        )
+        if services.drain_deadline is not None:
+            data["error"] = (
+                f"This server is restarting; the prediction is still {data['status']}. "
+                f"Query the result later at {data['urls']['get']}"
+            )
+        else:
+            data["error"] = (
+                f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
+                f"prediction is still {data['status']}. Query the result later at "
+                f"{data['urls']['get']}"
+            )
     return answer
 
 
 async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Prediction, bool]:
     """Hold a sync-mode request until the prediction ends or the ceiling passes; says
-    whether it ended."""
-    async with services.notifier.subscribe(pred.id) as ended:
-        try:
-            async with asyncio.timeout(services.settings.sync_timeout_s):
-                while True:
-                    current = await services.store.get(pred.id)
-                    if current is None or current.finished:
-                        break
-                    ended.clear()
-                    # Woken by the notifier; the timeout is only a safety net for a lost
-                    # notification, not a polling loop.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(ended.wait(), 10)
-        except TimeoutError:
-            pass
-    current = await services.store.get(pred.id) or pred
+    whether it ended. The prediction is stored already, so nothing here may turn the answer
+    into an error: a failed re-read answers with the row as it was. A process told to stop
+    (SIGTERM) answers every held request within its drain bound."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + services.settings.sync_timeout_s
+    current = pred
+    try:
+        async with services.notifier.subscribe(pred.id) as ended:
+            while True:
+                current = await services.store.get(pred.id) or current
+                if current.finished:
+                    break
+                if services.drain_deadline is not None:
+                    deadline = min(deadline, services.drain_deadline)
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                ended.clear()
+                # Woken by the notifier (or the start of a drain); the timeout is only a
+                # safety net for a lost notification, not a polling loop.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), min(10, left))
+    except Exception as exc:  # the database went away meanwhile: answer with what we have
+        logging.getLogger("reelgate.api").warning(
+            "sync wait for %s ended early (%s)", pred.id, type(exc).__name__)
     return current, current.finished
 
 

@@ -45,6 +45,12 @@ class LocalNotifier:
         for listener in self.listeners:
             listener(prediction_id)
 
+    def wake_all(self) -> None:
+        """Wake every local waiter (each re-reads its row): the process is draining."""
+        for waiters in list(self._events.values()):
+            for event in waiters:
+                event.set()
+
 
 class RedisNotifier(LocalNotifier):
     """Ends announced through Redis pub/sub, so a sync-mode request held by one API process

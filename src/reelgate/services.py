@@ -136,6 +136,7 @@ class Services:
                     store,
                     concurrency={b: settings.concurrency_for(b) for b in services.backends},
                     reconcile_interval_s=settings.reconcile_interval_s,
+                    dispatch_grace_s=settings.dispatch_grace_s,
                 )
             else:
                 services.workers = LocalWorkers(

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     lease_ttl_s: float = 30.0
     # How often idle workers look at the table for work nobody announced (restart recovery).
     reconcile_interval_s: float = 2.0
+    # Scaled out, a row created this long ago and still unclaimed is run by the reconciler
+    # (its queue message was lost, or dispatch failed while the broker was down).
+    dispatch_grace_s: float = 10.0
     # Longest a sync-mode request is held before it is answered with the object as it is.
     sync_timeout_s: float = 300.0
     # On SIGTERM an API process stops accepting connections and keeps answering the

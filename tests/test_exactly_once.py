@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -32,7 +30,7 @@ import httpx
 import pytest
 
 from reelgate.backends.google_config import ChannelConfig, GoogleSettings
-from tests.conftest import ServerProcess, free_port, wait_until_done
+from tests.conftest import PrivateRedis, ServerProcess, free_port, wait_until_done
 from tests.fake_google import FakeGoogle, make_video
 from tests.test_google_backend import job
 
@@ -109,7 +107,9 @@ def test_worker_killed_before_the_handle_is_written(start_server, fake: FakeGoog
         assert "not charged" in data["error"] and "not started again" in data["error"]
         assert len(fake.created()) == 1  # Google was asked once: no second operation
         assert ledger_kinds(db, pid) == ["hold", "release"]
-        assert balance["balance"] > balance_before["balance"]  # the hold came back
+        # The hold came back in full.
+        assert float(balance["balance"]) > float(balance_before["balance"])
+        assert float(balance["balance"]) == 100.0
     else:
         assert data["status"] == "completed", data
         assert len(fake.created()) == 2  # at least once: the duplicate is Google's to bill
@@ -185,51 +185,6 @@ async def test_unreachable_channel_fails_over_and_cools_down(fake: FakeGoogle,
 
 
 # --- 2 and 3. Redis down: creates answer 200; consumers come back ---------------------------
-
-
-class PrivateRedis:
-    """A redis-server of this test's own on a free port, so it can be stopped and started
-    without disturbing anyone else's."""
-
-    def __init__(self, workdir: Path) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> PrivateRedis:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        wait_for(lambda: _pings(client), 10, "redis-server")
-        client.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _pings(client) -> bool:  # type: ignore[no-untyped-def]
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    r = PrivateRedis(tmp_path / "redis").start()
-    yield r
-    r.stop()
 
 
 def test_redis_outage_no_5xx_and_consumers_reconnect(start_server, pg_url: str,  # type: ignore[no-untyped-def]
@@ -395,7 +350,8 @@ def test_sigterm_answers_held_sync_requests(start_server, tmp_path: Path) -> Non
     server.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(30)
-    assert server.proc.wait(30) == 0
+    # uvicorn re-raises the signal once it has shut down gracefully.
+    assert server.proc.wait(30) in (0, -signal.SIGTERM)
     assert time.monotonic() - started < 20
     assert len(answers) == 4
     for a in answers:

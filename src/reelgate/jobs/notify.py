@@ -68,7 +68,12 @@ class RedisNotifier(LocalNotifier):
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="redis-notifier")
-        await asyncio.wait_for(self._ready.wait(), 10)
+        try:
+            await asyncio.wait_for(self._ready.wait(), 3)
+        except TimeoutError:
+            # Start anyway (Redis may be restarting): sync waiters re-read their rows until
+            # the subscription is up, and the listener keeps trying.
+            logging.getLogger("reelgate.jobs").warning("notifier: Redis not reachable yet")
 
     async def close(self) -> None:
         if self._listener is not None:

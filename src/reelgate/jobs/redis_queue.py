@@ -71,8 +71,14 @@ class RedisQueue:
             self._tasks[backend] = broker.register_task(_run_prediction, task_name=TASK_NAME)
 
     async def start(self) -> None:
-        for broker in self.brokers.values():
-            await broker.startup()
+        for backend, broker in self.brokers.items():
+            try:
+                await broker.startup()
+            except Exception as exc:
+                # A process may start while Redis is down: creates are stored and run by
+                # the reconciler meanwhile, and consumers declare their group on connect.
+                log.warning("queue for %s not reachable at start (%s); going on",
+                            backend, type(exc).__name__)
 
     async def close(self) -> None:
         for broker in self.brokers.values():
@@ -82,7 +88,16 @@ class RedisQueue:
         task = self._tasks.get(backend)
         if task is None:
             raise RuntimeError(f"no queue for backend {backend!r}")
-        await task.kiq(prediction_id)
+        # After Redis restarted, the pool's first connection is a dead one: its error drops
+        # it from the pool, and the next try gets a fresh connection.
+        for attempt in range(3):
+            try:
+                await task.kiq(prediction_id)
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
 
     async def declare_group(self, backend: str) -> None:
         """Create the backend's consumer group (and stream) unless it exists: at start, and

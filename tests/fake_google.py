@@ -184,12 +184,15 @@ class FakeGoogle:
         except Exception as exc:  # a bug in the fake shows as a 500 with the reason
             status, headers, payload = _error(500, f"fake crashed: {exc!r}")
         rec.status = status
-        h.send_response(status)
-        for k, v in headers.items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
+        try:
+            h.send_response(status)
+            for k, v in headers.items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the caller gave up waiting (a late answer, on purpose)
 
     def _caller(self, h: BaseHTTPRequestHandler) -> str | None:
         auth = h.headers.get("Authorization", "")

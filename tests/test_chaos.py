@@ -67,7 +67,7 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
         "REELGATE_GOOGLE_COOLDOWN_5XX_S": "1",
         "REELGATE_GOOGLE_SUBMIT_ATTEMPTS": "30",
         "REELGATE_UNCONFIRMED_SUBMISSIONS": json.dumps({"google": policy}),
-        "REELGATE_LEASE_TTL_S": "3",
+        "REELGATE_LEASE_TTL_S": "5",
         "REELGATE_RECONCILE_INTERVAL_S": "0.5",
         "REELGATE_DISPATCH_GRACE_S": "3",
         "REELGATE_MAX_CONCURRENT": "100000",
@@ -97,6 +97,7 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
         retries = 0
         stop_faults = threading.Event()
         faults: list[str] = []
+        restarts: list[threading.Thread] = []
 
         def chaos() -> None:
             rng = random.Random(policy)
@@ -107,6 +108,17 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
                 (14.0, "kill worker 0"),
             ]
             t0 = time.monotonic()
+
+            def restart_api(i: int) -> None:
+                # In its own thread: a start may take seconds (Redis down, a busy machine),
+                # and the other faults keep their schedule meanwhile.
+                for _ in range(3):
+                    try:
+                        apis[i] = api(i)
+                        return
+                    except RuntimeError:
+                        continue
+
             for at, what in plan:
                 while time.monotonic() - t0 < at:
                     if stop_faults.wait(0.05):
@@ -119,7 +131,8 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
                 elif what.startswith("kill api"):
                     i = int(what[-1])
                     apis[i].stop(signal.SIGKILL)
-                    apis[i] = api(i)
+                    restarts.append(threading.Thread(target=restart_api, args=(i,)))
+                    restarts[-1].start()
                 elif what == "google 503":
                     fake.fail("create", 503, count=None)
                 elif what == "google ok":
@@ -167,6 +180,8 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
         asyncio.run(submit())
         submitted = time.monotonic()
         chaos_thread.join(60)
+        for t in restarts:
+            t.join(120)
         stop_faults.set()
         fake.clear_faults()
 

@@ -102,8 +102,9 @@ class RedisNotifier(LocalNotifier):
                             event.set()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # Redis went away: sync waiters fall back to their periodic re-read (see
                 # api/v3.py) until the subscription is back.
-                logging.getLogger("reelgate.jobs").exception("notifier lost Redis; retrying")
+                logging.getLogger("reelgate.jobs").warning(
+                    "notifier lost Redis (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1)

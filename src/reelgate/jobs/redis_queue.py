@@ -73,7 +73,7 @@ class RedisQueue:
     async def start(self) -> None:
         for backend, broker in self.brokers.items():
             try:
-                await broker.startup()
+                await asyncio.wait_for(broker.startup(), 5)
             except Exception as exc:
                 # A process may start while Redis is down: creates are stored and run by
                 # the reconciler meanwhile, and consumers declare their group on connect.

@@ -438,7 +438,9 @@ class Store:
         """Extend every lease ``owner`` holds, in one statement: a worker with thousands of
         predictions in flight renews them all at once, not one query each."""
         now = utcnow()
-        async with self.engine.begin() as conn:
+        # Through the reserved connections too: a renewal stuck behind a busy pool lets the
+        # leases lapse, and other workers take over work that is alive.
+        async with self.checkpoint_engine.begin() as conn:
             result = await conn.execute(
                 update(predictions)
                 .where(predictions.c.lease_owner == owner,

@@ -287,9 +287,11 @@ def redis_url() -> Iterator[str]:
 class WorkerProcess:
     """``reelgate worker`` in its own process (scaled-out mode)."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str],
+                 args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.env = env
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"worker-{id(self)}.log"
 
@@ -298,7 +300,7 @@ class WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reelgate.cli", "worker", "--log-level",
-             os.environ.get("REELGATE_TEST_WORKER_LOG", "info")],
+             os.environ.get("REELGATE_TEST_WORKER_LOG", "info"), *self.args],
             env=self.env, stdout=log, stderr=log,
         )
         return self

@@ -30,7 +30,13 @@ import httpx
 import pytest
 
 from reelgate.backends.google_config import ChannelConfig, GoogleSettings
-from tests.conftest import PrivateRedis, ServerProcess, free_port, wait_until_done
+from tests.conftest import (
+    PrivateRedis,
+    ServerProcess,
+    WorkerProcess,
+    free_port,
+    wait_until_done,
+)
 from tests.fake_google import FakeGoogle, make_video
 from tests.test_google_backend import job
 
@@ -202,44 +208,61 @@ def test_redis_outage_no_5xx_and_consumers_reconnect(start_server, pg_url: str, 
     }
     server = start_server(env, tmp_path / "api")
     key = server.create_key("tester")
-    with server.client(key) as c:
-        first = c.post(CREATE, json={"prompt": "before", "duration": 4})
-        assert first.status_code == 200
-        assert wait_until_done(c, first.json()["data"]["id"])["status"] == "completed"
+    # A separate worker process shows its consumers on its metrics port's /readyz.
+    port = free_port()
+    worker = WorkerProcess(tmp_path / "worker", ServerProcess(tmp_path / "worker", env).env,
+                           ("--metrics-port", str(port))).start()
 
-        private_redis.stop()
-        during = c.post(CREATE, json={"prompt": "during", "duration": 4},
-                        headers={"Idempotency-Key": "outage-1"})
-        # Stored and held: a success, whatever the broker says (the reconciler runs it).
-        assert during.status_code == 200, during.text
-        during_id = during.json()["data"]["id"]
-        assert c.get(f"/api/v3/predictions/{during_id}").json()["data"]["status"] in (
-            "created", "processing", "completed")
+    def worker_ready() -> int:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code
+        except httpx.HTTPError:
+            return 0
 
-        def readyz() -> dict:  # type: ignore[type-arg]
-            return httpx.get(f"{server.base_url}/readyz", timeout=10).json()
+    try:
+        with server.client(key) as c:
+            wait_for(lambda: worker_ready() == 200, 60, "the worker's consumers")
+            first = c.post(CREATE, json={"prompt": "before", "duration": 4})
+            assert first.status_code == 200
+            assert wait_until_done(c, first.json()["data"]["id"])["status"] == "completed"
 
-        wait_for(lambda: readyz()["checks"].get("consumer:sandbox", "ok") != "ok", 30,
-                 "the consumer to report the outage")
-        assert readyz()["status"] == "unavailable"
+            private_redis.stop()
+            during = c.post(CREATE, json={"prompt": "during", "duration": 4},
+                            headers={"Idempotency-Key": "outage-1"})
+            # Stored and held: a success, whatever the broker says (the reconciler runs it).
+            assert during.status_code == 200, during.text
+            during_id = during.json()["data"]["id"]
+            assert c.get(f"/api/v3/predictions/{during_id}").json()["data"]["status"] in (
+                "created", "processing", "completed")
 
-        private_redis.start()
-        wait_for(lambda: readyz()["checks"].get("consumer:sandbox") == "ok", 30,
-                 "the consumer to reconnect")
-        metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-        assert 'reelgate_queue_consumer_errors_total{backend="sandbox"}' in metrics
-        assert 'reelgate_queue_consumer_up{backend="sandbox"} 1.0' in metrics
+            def readyz() -> dict:  # type: ignore[type-arg]
+                return httpx.get(f"{server.base_url}/readyz", timeout=10).json()
 
-        # Created after the broker is back: read from the stream at once (the reconciler
-        # would not look at it for 5 minutes).
-        after = c.post(CREATE, json={"prompt": "after", "duration": 4})
-        assert after.status_code == 200
-        assert wait_until_done(c, after.json()["data"]["id"], 60)["status"] == "completed"
+            wait_for(lambda: readyz()["checks"].get("consumer:sandbox", "ok") != "ok", 30,
+                     "the consumer to report the outage")
+            assert readyz()["status"] == "unavailable"
+            wait_for(lambda: worker_ready() == 503, 30, "the worker to report the outage")
 
-        # The client that got no answer retries with its key: the same prediction.
-        again = c.post(CREATE, json={"prompt": "during", "duration": 4},
-                       headers={"Idempotency-Key": "outage-1"})
-        assert again.status_code == 200 and again.json()["data"]["id"] == during_id
+            private_redis.start()
+            wait_for(lambda: readyz()["checks"].get("consumer:sandbox") == "ok", 30,
+                     "the consumer to reconnect")
+            wait_for(lambda: worker_ready() == 200, 30, "the worker to reconnect")
+            metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+            assert 'reelgate_queue_consumer_errors_total{backend="sandbox"}' in metrics
+            assert 'reelgate_queue_consumer_up{backend="sandbox"} 1.0' in metrics
+
+            # Created after the broker is back: read from the stream at once (the reconciler
+            # would not look at it for 5 minutes).
+            after = c.post(CREATE, json={"prompt": "after", "duration": 4})
+            assert after.status_code == 200
+            assert wait_until_done(c, after.json()["data"]["id"], 60)["status"] == "completed"
+
+            # The client that got no answer retries with its key: the same prediction.
+            again = c.post(CREATE, json={"prompt": "during", "duration": 4},
+                           headers={"Idempotency-Key": "outage-1"})
+            assert again.status_code == 200 and again.json()["data"]["id"] == during_id
+    finally:
+        worker.stop(signal.SIGKILL)
 
 
 # --- 2. idempotent creates ---------------------------------------------------------------------

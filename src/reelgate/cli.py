@@ -58,7 +58,9 @@ def worker(
         None, help="Comma-separated backends to run (default: every configured backend)."
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
-    metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
+    metrics_port: int = typer.Option(
+        0, help="Serve Prometheus metrics (/metrics) and readiness (/readyz: the queue "
+        "consumers) on this port (0: off)."),
     metrics_host: str = typer.Option("127.0.0.1", help="Address for the metrics port."),
 ) -> None:
     """Run a worker process for the scaled-out mode (REELGATE_QUEUE_URL=redis://...).
@@ -90,11 +92,9 @@ def worker(
                                            ", ".join(services.backends))
         refresher = None
         if metrics_port:
-            from prometheus_client import start_http_server
-
             from reelgate import metrics
 
-            start_http_server(metrics_port, addr=metrics_host)
+            metrics.serve_worker_endpoints(metrics_port, metrics_host, services)
 
             async def refresh_metrics() -> None:
                 while True:

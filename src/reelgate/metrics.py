@@ -88,6 +88,36 @@ async def refresh(services: Services) -> None:
         IN_FLIGHT.set(services.workers.in_flight)
 
 
+def serve_worker_endpoints(port: int, host: str, services: Services) -> None:
+    """A worker's HTTP side, in a thread: Prometheus metrics, and /readyz answering 200 only
+    while every queue consumer of this process is connected (503 with each one's state)."""
+    import json
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app()
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        if environ.get("PATH_INFO") == "/readyz":
+            states = getattr(services.workers, "consumer_states", dict)()
+            ok = all(v == "ok" for v in states.values())
+            body = json.dumps({"status": "ok" if ok else "unavailable",
+                               "checks": {f"consumer:{b}": v for b, v in states.items()}})
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "application/json")])
+            return [body.encode()]
+        return metrics_app(environ, start_response)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = make_server(host, port, app, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="worker-http", daemon=True).start()
+
+
 def exposition() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

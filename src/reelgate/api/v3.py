@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 
 from reelgate import intake
 from reelgate.api.auth import require_key
-from reelgate.api.schemas import ERROR_RESPONSES, PredictionEnvelope
+from reelgate.api.schemas import ERROR_RESPONSES, ErrorBody, PredictionEnvelope
 from reelgate.errors import ApiError, InvalidInput, NotFound
 from reelgate.present import envelope, prediction_data
 from reelgate.requests import CreateBody, resolve_model_scene
@@ -49,6 +49,8 @@ async def _json_body(request: Request) -> Any:
     "/google/{model}/{scene}",
     response_model=PredictionEnvelope,
     summary="Create a prediction",
+    responses={409: {"model": ErrorBody,
+                     "description": "The Idempotency-Key was used with another request"}},
     openapi_extra={
         "requestBody": {
             "required": True,

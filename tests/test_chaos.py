@@ -205,8 +205,8 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
         async def audit() -> tuple[list, list, int]:  # type: ignore[type-arg]
             conn = await asyncpg.connect(dsn)
             try:
-                preds = await conn.fetch("select id, status, outputs::text, price, "
-                                         "idempotency_key, error from predictions")
+                preds = await conn.fetch("select id, status, outputs::text, price, error "
+                                         "from predictions")
                 entries = await conn.fetch("select prediction_id, kind, amount, delta from ledger")
                 balance = int(await conn.fetchval("select balance from accounts where "
                                                   "name = 'chaos'"))
@@ -266,7 +266,9 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
         reasons[p["error"][:60]] = reasons.get(p["error"][:60], 0) + 1
     print(f"\nchaos[{policy}]: {n} predictions, faults: {', '.join(faults)}")
     print(f"  created (200): {len(ok)}, create retries with the same key: {retries}")
-    print(f"  completed {len(completed)}, failed {len(failed)} {reasons}")
+    unconfirmed = sum(1 for p in failed if p["error"].startswith("An earlier attempt"))
+    print(f"  completed {len(completed)}, failed {len(failed)} (of which {unconfirmed} "
+          f"failed at most once after a worker died mid-create): {reasons}")
     print(f"  lost {lost}, ended twice {ended_twice}, charged without a 200 "
           f"{charged_no_200}, duplicate upstream creates {duplicates}, ledger "
           f"{'balanced' if balanced else 'NOT balanced'}, undecodable videos {undecodable}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reelgate.media.storage import LocalStorage, StorageKeyMissing, UrlSigner
+from reelgate.media.storage import LocalStorage, UrlSigner
 from tests.conftest import ImageServer, ServerProcess, WorkerProcess, make_image, wait_until_done
 from tests.fake_s3 import ACCESS_KEY, REGION, SECRET_KEY, make_s3
 
@@ -19,6 +19,8 @@ from tests.fake_s3 import ACCESS_KEY, REGION, SECRET_KEY, make_s3
 @pytest.mark.parametrize("kind", ["local", "s3"])
 async def test_bytes_round_trip(kind: str, tmp_path: Path,
                                 request: pytest.FixtureRequest) -> None:
+    from reelgate.media.storage import StorageKeyMissing
+
     if kind == "local":
         storage = LocalStorage(tmp_path / "store", UrlSigner(b"k" * 32, 60))
     else:

@@ -464,6 +464,7 @@ class GoogleBackend:
             raise ValueError("no Google channel is configured")
         self.pool = ChannelPool(self.channels, status_path=status_path)
         self._clients: dict[str, _Channel] = {}
+        self._create_slots = asyncio.Semaphore(gs.create_concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings, gs: GoogleSettings | None = None) -> GoogleBackend:
@@ -535,49 +536,49 @@ class GoogleBackend:
                     + NOT_CHARGED, retryable=True) from None
             attempts += 1
             plan = plans[state.name]
-            try:
-                # On the row before the call leaves: see Job.intend.
-                await job.intend(json.dumps({"channel": state.name, "model": plan.model_id,
-                                             "attempt": attempts, "at": time.time()}))
-            except BaseException:
-                self.pool.release(state.name)
-                raise
-            try:
-                op = await self._create(state, plan, source, config_images)
-            except (asyncio.CancelledError, BackendError):
-                self.pool.release(state.name)
-                raise
-            except Exception as exc:  # sorted below: retry elsewhere, or fail
-                self.pool.release(state.name)
-                last = classify_error(exc)
-                self._after_failure(state.name, last)
-                if last.uncertain and job.on_unconfirmed == "fail":
-                    # Google may have started the operation; at most once means never
-                    # sending another. The intent stays on the row.
-                    raise BackendError(
-                        f"Google did not confirm the request to start this video "
-                        f"({last.message}), and this server is set never to start a video "
-                        "twice, so it was not sent again. " + NOT_CHARGED) from None
-                if not last.uncertain:
-                    await job.intend(None)  # Google answered: nothing was started
-                if last.kind == "auth":
-                    # A refused key does not recover in seconds: drop the channel for this
-                    # job and go on with the others, if any.
-                    plans.pop(state.name, None)
-                    if plans:
+            async with self._create_slots:
+                try:
+                    # On the row just before the call leaves: see Job.intend.
+                    await job.intend(json.dumps({"channel": state.name,
+                                                 "model": plan.model_id,
+                                                 "attempt": attempts, "at": time.time()}))
+                    op = await self._create(state, plan, source, config_images)
+                except (asyncio.CancelledError, BackendError):
+                    self.pool.release(state.name)
+                    raise
+                except Exception as exc:  # sorted below: retry elsewhere, or fail
+                    self.pool.release(state.name)
+                    last = classify_error(exc)
+                    self._after_failure(state.name, last)
+                    if last.uncertain and job.on_unconfirmed == "fail":
+                        # Google may have started the operation; at most once means never
+                        # sending another. The intent stays on the row.
+                        raise BackendError(
+                            f"Google did not confirm the request to start this video "
+                            f"({last.message}), and this server is set never to start a "
+                            "video twice, so it was not sent again. " + NOT_CHARGED) from None
+                    if not last.uncertain:
+                        await job.intend(None)  # Google answered: nothing was started
+                    if last.kind == "auth":
+                        # A refused key does not recover in seconds: drop the channel for
+                        # this job and go on with the others, if any.
+                        plans.pop(state.name, None)
+                        if plans:
+                            continue
+                        break
+                    if last.kind in ("quota", "unavailable"):
                         continue
-                    break
-                if last.kind in ("quota", "unavailable"):
-                    continue
-                raise self._failure(last) from None
-            # The handle goes on the row before anything else can go wrong: from here on a
-            # restart resumes this operation instead of creating another.
-            try:
-                await job.checkpoint(UpstreamRef(state.name, op.name or "",
-                                                 plan.model_id).dumps())
-            except BaseException:
-                self.pool.release(state.name)
-                raise
+                    raise self._failure(last) from None
+                # The handle goes on the row before anything else can go wrong (and before
+                # the slot frees, so at most create_concurrency predictions per process are
+                # ever between intent and handle): from here on a restart resumes this
+                # operation instead of creating another.
+                try:
+                    await job.checkpoint(UpstreamRef(state.name, op.name or "",
+                                                     plan.model_id).dumps())
+                except BaseException:
+                    self.pool.release(state.name)
+                    raise
             log.info("prediction %s: Google operation %s on channel %s (%s)", job.id, op.name,
                      state.name, plan.describe())
             return state.name, op

@@ -356,7 +356,7 @@ class PrivateRedis:
 
     def __init__(self, workdir: Path) -> None:
         if shutil.which("redis-server") is None:
-            pytest.skip("redis-server is not installed")
+            _service_missing("redis-server", FileNotFoundError("not on PATH"))
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir

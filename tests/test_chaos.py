@@ -67,7 +67,7 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
         "REELGATE_GOOGLE_COOLDOWN_5XX_S": "1",
         "REELGATE_GOOGLE_SUBMIT_ATTEMPTS": "30",
         "REELGATE_UNCONFIRMED_SUBMISSIONS": json.dumps({"google": policy}),
-        "REELGATE_LEASE_TTL_S": "5",
+        "REELGATE_LEASE_TTL_S": "8",
         "REELGATE_RECONCILE_INTERVAL_S": "0.5",
         "REELGATE_DISPATCH_GRACE_S": "3",
         "REELGATE_MAX_CONCURRENT": "100000",

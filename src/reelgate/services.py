@@ -117,10 +117,13 @@ class Services:
                 not distributed
             )
         if run_workers:
-            # Two connections of its own for submission intents and upstream handles (see
-            # Store.checkpoint_engine); only processes that run work write them.
+            # Connections of their own for submission intents and upstream handles (two),
+            # and for lease renewals (one); only processes that run work write them.
             store.checkpoint_engine = create_engine(
                 settings.resolved_database_url, pool_size=1, max_overflow=1,
+                pool_timeout_s=settings.db_pool_timeout_s)
+            store.lease_engine = create_engine(
+                settings.resolved_database_url, pool_size=1, max_overflow=0,
                 pool_timeout_s=settings.db_pool_timeout_s)
             services.backends = build_backends(settings)
             if settings.only_backends:
@@ -221,5 +224,6 @@ class Services:
             await self.queue.close()
         await self.notifier.close()
         await self.store.engine.dispose()
-        if self.store.checkpoint_engine is not self.store.engine:
-            await self.store.checkpoint_engine.dispose()
+        for extra in {self.store.checkpoint_engine, self.store.lease_engine}:
+            if extra is not self.store.engine:
+                await extra.dispose()

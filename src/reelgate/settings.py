@@ -100,7 +100,7 @@ class Settings(BaseSettings):
 
     # --- database connections ----------------------------------------------------------------
     # Per process, on PostgreSQL: at most pool_size + max_overflow connections (workers add
-    # 2 reserved for checkpoints). 2 API + 2 worker processes with the defaults: 44 at most,
+    # 3 reserved for checkpoints and leases). 2 API + 2 workers with the defaults: 46 at most,
     # under PostgreSQL's default max_connections of 100. A query that finds the pool busy
     # waits up to db_pool_timeout_s for a connection instead of failing.
     db_pool_size: int = 5

@@ -134,6 +134,9 @@ class Store:
         # own: the moment between an upstream accepting work and its handle being on the row
         # must not include a wait for the shared pool (thousands of polls may hold it).
         self.checkpoint_engine = checkpoint_engine or engine
+        # Lease renewals: one statement per worker every third of the TTL, which must never
+        # queue behind work (a late renewal hands live work to another worker).
+        self.lease_engine = self.checkpoint_engine
 
     # --- accounts and keys ---------------------------------------------------------------
 
@@ -438,9 +441,9 @@ class Store:
         """Extend every lease ``owner`` holds, in one statement: a worker with thousands of
         predictions in flight renews them all at once, not one query each."""
         now = utcnow()
-        # Through the reserved connections too: a renewal stuck behind a busy pool lets the
+        # Through a connection of its own: a renewal stuck behind a busy pool lets the
         # leases lapse, and other workers take over work that is alive.
-        async with self.checkpoint_engine.begin() as conn:
+        async with self.lease_engine.begin() as conn:
             result = await conn.execute(
                 update(predictions)
                 .where(predictions.c.lease_owner == owner,

@@ -266,10 +266,6 @@ class Store:
         IdempotencyConflict is raised when it was made from another request. Two creates
         racing with one key: the unique index lets one insert win, the other rolls back
         (slot and hold included) and returns the winner's row."""
-        if idempotency_key is not None:
-            earlier = await self.find_idempotent(account_id, idempotency_key, request_hash)
-            if earlier is not None:
-                return earlier
         try:
             return await self._insert_prediction(
                 id=id, account_id=account_id, key_id=key_id, model=model, scene=scene,
@@ -289,10 +285,15 @@ class Store:
         """The account's prediction made under ``idempotency_key``, if any; raises
         IdempotencyConflict when it was made from a different request."""
         async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                select(predictions).where(predictions.c.account_id == account_id,
-                                          predictions.c.idempotency_key == idempotency_key)
-            )).first()
+            return await self._find_idempotent(conn, account_id, idempotency_key, request_hash)
+
+    @staticmethod
+    async def _find_idempotent(conn: Any, account_id: str, idempotency_key: str,
+                               request_hash: str | None) -> Prediction | None:
+        row = (await conn.execute(
+            select(predictions).where(predictions.c.account_id == account_id,
+                                      predictions.c.idempotency_key == idempotency_key)
+        )).first()
         if row is None:
             return None
         pred = _prediction(row)
@@ -330,6 +331,13 @@ class Store:
             updated_at=now,
         )
         async with self.engine.begin() as conn:
+            if idempotency_key is not None:
+                # In the create's own transaction: a key already used returns its
+                # prediction before any slot or hold is taken.
+                earlier = await self._find_idempotent(conn, account_id, idempotency_key,
+                                                      request_hash)
+                if earlier is not None:
+                    return earlier
             slot = update(api_keys).where(api_keys.c.id == key_id)
             if max_concurrent is not None:
                 slot = slot.where(api_keys.c.running < max_concurrent)

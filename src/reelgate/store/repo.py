@@ -94,6 +94,7 @@ class Prediction:
     webhook: str | None = None
     base_url: str | None = None
     outputs_deleted_at: datetime | None = None
+    poster: str | None = None
     submit_intent: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
@@ -111,7 +112,7 @@ class Prediction:
 
 
 _NULLABLE = ("lease_owner", "lease_expires_at", "upstream_ref", "started_at", "completed_at",
-             "submit_intent")
+             "submit_intent", "poster")
 
 
 class IdempotencyConflict(ApiError):
@@ -519,8 +520,10 @@ class Store:
             )
         return result.rowcount == 1
 
-    async def complete(self, prediction_id: str, owner: str, outputs: list[str]) -> bool:
-        return await self._finish(prediction_id, owner, status=COMPLETED, outputs=outputs)
+    async def complete(self, prediction_id: str, owner: str, outputs: list[str],
+                       poster: str | None = None) -> bool:
+        return await self._finish(prediction_id, owner, status=COMPLETED, outputs=outputs,
+                                  poster=poster)
 
     async def fail(self, prediction_id: str, owner: str | None, error: str, *,
                    nsfw: bool = False) -> bool:
@@ -642,7 +645,7 @@ class Store:
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(predictions.c.outputs).where(
+                    select(predictions.c.outputs, predictions.c.poster).where(
                         predictions.c.id == prediction_id,
                         predictions.c.account_id == account_id,
                         predictions.c.status.in_(ENDED),
@@ -655,6 +658,7 @@ class Store:
             await conn.execute(
                 update(predictions)
                 .where(predictions.c.id == prediction_id)
-                .values(outputs=[], outputs_deleted_at=now, updated_at=now)
+                .values(outputs=[], poster=None, outputs_deleted_at=now, updated_at=now)
             )
-        return list(row[0] or [])
+        # The poster frame is a picture of the video: it goes with it.
+        return list(row[0] or []) + ([row[1]] if row[1] else [])

@@ -126,6 +126,8 @@ predictions = Table(
     Column("webhook", Text, nullable=True),
     Column("base_url", Text, nullable=True),
     Column("outputs_deleted_at", UTCDateTime(), nullable=True),
+    # Storage key of a JPEG poster frame taken from the video when it was stored.
+    Column("poster", Text, nullable=True),
     # A submission recorded as intended before it is sent upstream (JSON: what, where, when).
     # Set with no upstream_ref, it means a worker may have reached the upstream and died
     # before it could write the handle: the backend's unconfirmed-submission policy decides.

@@ -1,7 +1,7 @@
 """exactly once: submission intents, idempotency keys
 
 Revision ID: 0004_i10
-Revises: 0003
+Revises: 0004_i14
 Create Date: 2026-11-26 14:45:00
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_i10"
-down_revision = "0003"
+down_revision = "0004_i14"
 branch_labels = None
 depends_on = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,7 +51,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "server.log"
 
-    def start(self) -> ServerProcess:
+    def start(self, timeout: float = 30) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
@@ -60,7 +61,7 @@ class ServerProcess:
             stdout=log,
             stderr=log,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
@@ -70,6 +71,8 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.proc.kill()  # never leave a half-started server behind
+        self.proc.wait()
         raise RuntimeError("server did not start")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -284,9 +287,11 @@ def redis_url() -> Iterator[str]:
 class WorkerProcess:
     """``reelgate worker`` in its own process (scaled-out mode)."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str],
+                 args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.env = env
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"worker-{id(self)}.log"
 
@@ -295,7 +300,7 @@ class WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reelgate.cli", "worker", "--log-level",
-             os.environ.get("REELGATE_TEST_WORKER_LOG", "info")],
+             os.environ.get("REELGATE_TEST_WORKER_LOG", "info"), *self.args],
             env=self.env, stdout=log, stderr=log,
         )
         return self
@@ -340,3 +345,55 @@ def cluster(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-unt
     yield Cluster()
     for proc in started:
         proc.stop(signal.SIGKILL)
+
+
+# --- a Redis of one test's own, to stop and start -----------------------------------------
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, so it can be stopped and started
+    without disturbing anyone else's."""
+
+    def __init__(self, workdir: Path) -> None:
+        if shutil.which("redis-server") is None:
+            _service_missing("redis-server", FileNotFoundError("not on PATH"))
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrivateRedis:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while not _pings(client):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _pings(client) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis server of the test's own, which the test may stop and start."""
+    r = PrivateRedis(tmp_path / "redis").start()
+    yield r
+    r.stop()

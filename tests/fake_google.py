@@ -65,6 +65,7 @@ class Fault:
     retry_delay: str | None = None  # RetryInfo.retryDelay, e.g. "2s"
     message: str | None = None
     key: str | None = None  # only requests made with this key/token owner
+    delay: float = 0.0  # with status 200: act on the request, then answer this much later
 
 
 @dataclass
@@ -130,6 +131,17 @@ class FakeGoogle:
         with self.lock:
             self.faults.append(Fault(route, status, count, retry_delay, message, key))
 
+    def slow(self, route: str, seconds: float, *, count: int | None = 1,
+             key: str | None = None) -> None:
+        """Act on the request (a create creates its operation) but answer ``seconds`` late:
+        the caller times out, or dies, with the work started at "Google"."""
+        with self.lock:
+            self.faults.append(Fault(route, 200, count, key=key, delay=seconds))
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
@@ -172,12 +184,15 @@ class FakeGoogle:
         except Exception as exc:  # a bug in the fake shows as a 500 with the reason
             status, headers, payload = _error(500, f"fake crashed: {exc!r}")
         rec.status = status
-        h.send_response(status)
-        for k, v in headers.items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
+        try:
+            h.send_response(status)
+            for k, v in headers.items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the caller gave up waiting (a late answer, on purpose)
 
     def _caller(self, h: BaseHTTPRequestHandler) -> str | None:
         auth = h.headers.get("Authorization", "")
@@ -210,8 +225,16 @@ class FakeGoogle:
         if auth is not None:
             return auth
         fault = self._fault(route, rec.key)
+        if fault is not None and fault.status == 200:
+            answer = self._answer_plain(route, args, rec, query, surface)
+            time.sleep(fault.delay)
+            return answer
         if fault is not None:
             return _error(fault.status, fault.message, retry_delay=fault.retry_delay)
+        return self._answer_plain(route, args, rec, query, surface)
+
+    def _answer_plain(self, route: str, args: dict[str, str], rec: Recorded, query: str,
+                      surface: str) -> tuple[int, dict[str, str], bytes]:
         if route == "create":
             return self._create(surface, args, rec)
         if route == "poll":

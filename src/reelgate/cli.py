@@ -42,21 +42,14 @@ def serve(
 ) -> None:
     """Run the API server (migrations run on start). Embedded, it runs its own workers;
     with REELGATE_QUEUE_URL set, `reelgate worker` processes do the work."""
-    import uvicorn
-
+    from reelgate.api import drain
     from reelgate.api.app import create_app
     from reelgate.logs import configure_logging
 
     configure_logging(log_level)
     settings = Settings()
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=log_level,
-        log_config=None,  # our JSON (or text) handler, set above, formats uvicorn too
-        timeout_graceful_shutdown=10,
-    )
+    # SIGTERM drains: held sync-mode requests are answered before the process exits.
+    drain.run(create_app(settings), settings, host=host, port=port, log_level=log_level)
 
 
 @app.command()
@@ -65,7 +58,9 @@ def worker(
         None, help="Comma-separated backends to run (default: every configured backend)."
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
-    metrics_port: int = typer.Option(0, help="Serve Prometheus metrics on this port (0: off)."),
+    metrics_port: int = typer.Option(
+        0, help="Serve Prometheus metrics (/metrics) and readiness (/readyz: the queue "
+        "consumers) on this port (0: off)."),
     metrics_host: str = typer.Option("127.0.0.1", help="Address for the metrics port."),
 ) -> None:
     """Run a worker process for the scaled-out mode (REELGATE_QUEUE_URL=redis://...).
@@ -97,11 +92,9 @@ def worker(
                                            ", ".join(services.backends))
         refresher = None
         if metrics_port:
-            from prometheus_client import start_http_server
-
             from reelgate import metrics
 
-            start_http_server(metrics_port, addr=metrics_host)
+            metrics.serve_worker_endpoints(metrics_port, metrics_host, services)
 
             async def refresh_metrics() -> None:
                 while True:

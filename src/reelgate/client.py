@@ -22,6 +22,7 @@ import inspect
 import mimetypes
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -67,6 +68,10 @@ DEFAULT_SYNC_TIMEOUT_S = 330.0
 # A poll that meets a transient error (429, 5xx, a dropped connection) is retried this
 # many times in a row before wait() gives up and raises it.
 MAX_TRANSIENT_POLL_ERRORS = 5
+# A create that got no answer (connection dropped, timed out) or a 5xx is sent again, up to
+# this many times, with the same Idempotency-Key: the server answers the retry with the
+# prediction the first try made, if it made one, so a retry never pays twice.
+CREATE_RETRIES = 2
 
 UploadSource: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
 
@@ -506,6 +511,7 @@ class _Base:
         self._origin = (origin.scheme, origin.netloc)
         self._default_headers = {"User-Agent": f"reelgate-python/{__version__}",
                                  "Accept": "application/json"}
+        self.create_retries = CREATE_RETRIES
 
     def __repr__(self) -> str:  # never the key
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -576,23 +582,36 @@ class Client(_Base):
     # predictions
 
     def create(self, model: str, scene: str = "text-to-video", prompt: str | None = None, *,
-               sync: bool = False, webhook: str | None = None, **fields: Any) -> Prediction:
+               sync: bool = False, webhook: str | None = None,
+               idempotency_key: str | None = None, **fields: Any) -> Prediction:
         """Create a prediction. ``fields`` are the request body's (image, images,
         last_image, aspect_ratio, resolution, duration, enhance_prompt, enable_upsample,
         negative_prompt, seed, generate_audio, ...); None values are left out. Image fields
         take URLs or ``data:`` URIs as strings, and local files as ``Path``, bytes or binary
-        files (uploaded first). ``sync=True`` answers when the prediction has ended."""
+        files (uploaded first). ``sync=True`` answers when the prediction has ended.
+
+        Every create carries an ``Idempotency-Key`` (a fresh one unless given); a create
+        that got no answer or a 5xx is retried with the same key (``create_retries``
+        times), so it makes, and charges, at most one prediction."""
         for name in ("image", "last_image"):
             if _is_local(fields.get(name)):
                 fields[name] = self.upload(fields[name])
         if fields.get("images") is not None:
             fields["images"] = [self.upload(x) if _is_local(x) else x for x in fields["images"]]
         body = _create_body(prompt, sync, fields)
-        data = self._call(
-            "POST", f"/api/v3/google/{quote(model, safe='')}/{quote(scene, safe='')}",
-            json=body, params={"webhook": webhook} if webhook else None,
-            timeout=self._sync_timeout() if sync else None,
-        )
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(self.create_retries + 1):
+            try:
+                data = self._call(
+                    "POST", f"/api/v3/google/{quote(model, safe='')}/{quote(scene, safe='')}",
+                    json=body, params={"webhook": webhook} if webhook else None,
+                    timeout=self._sync_timeout() if sync else None, headers=headers,
+                )
+                break
+            except (APIConnectionError, ServerError):
+                if attempt == self.create_retries:
+                    raise
+                time.sleep(_create_backoff(attempt))
         return Prediction.from_api(data)
 
     def get(self, prediction: str | Prediction) -> Prediction:
@@ -754,6 +773,10 @@ def _finish(pred: Prediction, raise_on_failure: bool) -> Prediction:
     return pred
 
 
+def _create_backoff(attempt: int) -> float:
+    return min(8.0, 0.5 * 2 ** attempt)
+
+
 def _transient_delay(exc: ReelgateError, deadline: float | None) -> float:
     """How long to back off after a transient poll error (never past the deadline)."""
     delay = exc.retry_after if isinstance(exc, RateLimitError) and exc.retry_after else 1.0
@@ -804,7 +827,8 @@ class AsyncClient(_Base):
 
     async def create(self, model: str, scene: str = "text-to-video",
                      prompt: str | None = None, *, sync: bool = False,
-                     webhook: str | None = None, **fields: Any) -> Prediction:
+                     webhook: str | None = None, idempotency_key: str | None = None,
+                     **fields: Any) -> Prediction:
         """See ``Client.create``."""
         for name in ("image", "last_image"):
             if _is_local(fields.get(name)):
@@ -813,11 +837,19 @@ class AsyncClient(_Base):
             fields["images"] = [await self.upload(x) if _is_local(x) else x
                                 for x in fields["images"]]
         body = _create_body(prompt, sync, fields)
-        data = await self._call(
-            "POST", f"/api/v3/google/{quote(model, safe='')}/{quote(scene, safe='')}",
-            json=body, params={"webhook": webhook} if webhook else None,
-            timeout=self._sync_timeout() if sync else None,
-        )
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        for attempt in range(self.create_retries + 1):
+            try:
+                data = await self._call(
+                    "POST", f"/api/v3/google/{quote(model, safe='')}/{quote(scene, safe='')}",
+                    json=body, params={"webhook": webhook} if webhook else None,
+                    timeout=self._sync_timeout() if sync else None, headers=headers,
+                )
+                break
+            except (APIConnectionError, ServerError):
+                if attempt == self.create_retries:
+                    raise
+                await asyncio.sleep(_create_backoff(attempt))
         return Prediction.from_api(data)
 
     async def get(self, prediction: str | Prediction) -> Prediction:

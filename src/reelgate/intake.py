@@ -1,14 +1,21 @@
 """Accepting a prediction: validate → content policy → fetch and check inputs → store the row
-(status created) → dispatch. Any refusal happens before anything is stored or spent."""
+(status created) → dispatch. Any refusal happens before anything is stored or spent.
+
+Once the row is committed the create has succeeded: dispatch is only a hint (a worker's
+reconciler finds every row nobody announced), so a broker outage never turns a stored,
+held prediction into an error the client would retry and pay for twice. A client that got
+no answer at all retries with the same ``Idempotency-Key`` and gets the same prediction."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-from pathlib import Path
+import contextlib
+import hashlib
+import json
+import logging
 from typing import Any
 
+from reelgate import metrics
 from reelgate.backends import backend_for, check_request
 from reelgate.billing import InsufficientBalance, quote
 from reelgate.errors import ApiError, InvalidInput
@@ -18,6 +25,10 @@ from reelgate.policy import ContentBlocked
 from reelgate.requests import CreateRequest, validate_create
 from reelgate.services import Services
 from reelgate.store.repo import KeyRecord, Prediction, new_id
+
+log = logging.getLogger("reelgate.api")
+
+_KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
 
 
 async def _fetch_inputs(req: CreateRequest, services: Services) -> dict[str, Any]:
@@ -40,28 +51,57 @@ async def _fetch_inputs(req: CreateRequest, services: Services) -> dict[str, Any
     return dict(zip((field for field, _ in named), results, strict=True))
 
 
-def _save_inputs(prediction_id: str, fetched: dict[str, bytes], inputs_dir: Path,
-                 data_dir: Path) -> dict[str, Any]:
-    """Write fetched inputs next to the data dir; the row keeps relative paths, so the worker
-    never fetches a user URL again (it may have changed or expired)."""
+def input_key(prediction_id: str, name: str) -> str:
+    return f"inputs/{prediction_id[:2]}/{prediction_id}/{name}"
+
+
+async def _save_inputs(prediction_id: str, fetched: dict[str, bytes],
+                       services: Services) -> dict[str, Any]:
+    """Put fetched inputs into the storage (where every worker can read them, wherever it
+    runs); the row keeps their keys, so the worker never fetches a user URL again (it may
+    have changed or expired)."""
     if not fetched:
         return {}
-    folder = inputs_dir / prediction_id
-    folder.mkdir(parents=True, exist_ok=True)
-    refs: dict[str, Any] = {"images": []}
-    for field, data in fetched.items():
+    refs: dict[str, Any] = {"storage": True, "images": []}
+
+    async def put(field: str, data: bytes) -> None:
         name = field.replace("[", "_").replace("]", "")
-        path = folder / name
-        with open(path, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        rel = str(path.relative_to(data_dir))
+        key = input_key(prediction_id, name)
+        await services.storage.put_bytes(key, data, "application/octet-stream")
         if field.startswith("images["):
-            refs["images"].append(rel)
+            refs["images"].append(key)
         else:
-            refs[field] = rel
+            refs[field] = key
+
+    # One at a time keeps images[] in order.
+    for field, data in fetched.items():
+        await put(field, data)
     return refs
+
+
+async def _drop_inputs(refs: dict[str, Any], services: Services) -> None:
+    keys = [v for k, v in refs.items() if k not in ("storage", "images") and v]
+    keys += list(refs.get("images") or [])
+    for key in keys:
+        with contextlib.suppress(Exception):  # an orphan input costs bytes, not money
+            await services.storage.delete(key)
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 255 or not set(value) <= _KEY_CHARS:
+        raise InvalidInput("Idempotency-Key", "must be 1 to 255 printable ASCII characters "
+                           "without spaces (a UUID is a good choice)")
+    return value
+
+
+def request_hash(model: str, scene: str, body: Any, webhook: str | None) -> str:
+    """What makes two creates "the same request" for an Idempotency-Key."""
+    doc = {"model": model, "scene": scene, "body": body, "webhook": webhook}
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 async def _check_webhook(url: Any, services: Services) -> str | None:
@@ -76,9 +116,18 @@ async def _check_webhook(url: Any, services: Services) -> str | None:
 
 
 async def accept(services: Services, key: KeyRecord, model: str, scene: str,
-                 body: Any, *, base_url: str,
-                 webhook: str | None = None) -> tuple[Prediction, CreateRequest]:
+                 body: Any, *, base_url: str, webhook: str | None = None,
+                 idempotency_key: str | None = None) -> tuple[Prediction, CreateRequest]:
     req = validate_create(model, scene, body)
+    body_hash = None
+    if idempotency_key is not None:
+        body_hash = request_hash(model, scene, body, webhook)
+        # A retry of a create that was stored: the same prediction, nothing fetched, held
+        # or charged again (or a 409 if the key came with another request).
+        earlier = await services.store.find_idempotent(key.account_id, idempotency_key,
+                                                       body_hash)
+        if earlier is not None:
+            return earlier, req
     # WaveSpeed takes the webhook as a query parameter; a body field works too.
     webhook = await _check_webhook(webhook or body.get("webhook"), services)
     if webhook and req.enable_base64_output:
@@ -112,13 +161,7 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
     fetched = await _fetch_inputs(req, services)
     prediction_id = new_id()
     prediction_id_var.set(prediction_id)
-    inputs = (
-        await asyncio.to_thread(
-            _save_inputs, prediction_id, fetched, settings.inputs_dir, settings.data_dir
-        )
-        if fetched
-        else {}
-    )
+    inputs = await _save_inputs(prediction_id, fetched, services)
     try:
         pred = await services.store.insert_prediction(
             id=prediction_id,
@@ -133,10 +176,22 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
             max_concurrent=key.max_concurrent or settings.max_concurrent,
             webhook=webhook,
             base_url=base_url,
+            idempotency_key=idempotency_key,
+            request_hash=body_hash,
         )
     except BaseException:
         # Refused (limit, balance) or failed: nothing is stored, so keep no input files.
-        await asyncio.to_thread(shutil.rmtree, settings.inputs_dir / prediction_id, True)
+        await asyncio.shield(_drop_inputs(inputs, services))
         raise
-    await services.dispatch(pred.id, pred.backend)
+    if pred.id != prediction_id:
+        # Lost a race with a concurrent create under the same key: that one stands.
+        await _drop_inputs(inputs, services)
+        return pred, req
+    try:
+        await services.dispatch(pred.id, pred.backend)
+    except Exception as exc:
+        # Stored and held: the create succeeded. A worker's reconciler runs the row.
+        metrics.DISPATCH_ERRORS.inc()
+        log.warning("prediction %s stored but not dispatched (%s: %s); the reconciler "
+                    "will run it", pred.id, type(exc).__name__, exc)
     return pred, req

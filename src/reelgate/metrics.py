@@ -47,6 +47,25 @@ BACKEND_LATENCY = Histogram(
 UPSTREAM_ERRORS = Counter(
     "reelgate_backend_errors_total", "Backend failures", ["backend", "kind"]
 )
+DISPATCH_ERRORS = Counter(
+    "reelgate_dispatch_errors_total",
+    "Stored predictions whose dispatch failed (the reconciler runs them)",
+)
+QUEUE_CONSUMER_UP = Gauge(
+    "reelgate_queue_consumer_up",
+    "1 while this worker's consumer of a backend's stream is connected, 0 while it "
+    "reconnects after a broker error", ["backend"],
+)
+QUEUE_CONSUMER_ERRORS = Counter(
+    "reelgate_queue_consumer_errors_total",
+    "Broker errors that broke a consumer's read loop (it reconnects with backoff)",
+    ["backend"],
+)
+UNCONFIRMED_SUBMISSIONS = Counter(
+    "reelgate_unconfirmed_submissions_total",
+    "Predictions found with a submission intended but no upstream handle, by the action "
+    "taken (resubmit or fail)", ["backend", "policy"],
+)
 
 
 async def refresh(services: Services) -> None:
@@ -67,6 +86,36 @@ async def refresh(services: Services) -> None:
         QUEUE_DEPTH.labels("local").set(services.workers.queued)
     if services.workers is not None:
         IN_FLIGHT.set(services.workers.in_flight)
+
+
+def serve_worker_endpoints(port: int, host: str, services: Services) -> None:
+    """A worker's HTTP side, in a thread: Prometheus metrics, and /readyz answering 200 only
+    while every queue consumer of this process is connected (503 with each one's state)."""
+    import json
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app()
+
+    def app(environ, start_response):  # type: ignore[no-untyped-def]
+        if environ.get("PATH_INFO") == "/readyz":
+            states = getattr(services.workers, "consumer_states", dict)()
+            ok = all(v == "ok" for v in states.values())
+            body = json.dumps({"status": "ok" if ok else "unavailable",
+                               "checks": {f"consumer:{b}": v for b, v in states.items()}})
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "application/json")])
+            return [body.encode()]
+        return metrics_app(environ, start_response)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = make_server(host, port, app, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="worker-http", daemon=True).start()
 
 
 def exposition() -> Response:

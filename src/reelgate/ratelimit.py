@@ -34,7 +34,13 @@ class RateLimiter:
     def __init__(self, storage_url: str = "memory://") -> None:
         # The "async+" scheme selects the library's asyncio storage for the same URL.
         url = storage_url if storage_url.startswith("async+") else f"async+{storage_url}"
-        self._limiter = MovingWindowRateLimiter(storage_from_string(url))  # type: ignore[arg-type]
+        options: dict[str, str] = {}
+        if url.startswith(("async+redis://", "async+rediss://", "async+redis+unix://")):
+            # Through redis-py (a dependency already, via limits[redis]) rather than the
+            # library's default async client, coredis, which would be one more Redis client.
+            options["implementation"] = "redispy"
+        self._limiter = MovingWindowRateLimiter(  # type: ignore[arg-type]
+            storage_from_string(url, **options))
 
     async def hit(self, key_id: str, per_minute: int) -> RateState:
         item = RateLimitItemPerMinute(per_minute)

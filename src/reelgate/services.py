@@ -44,6 +44,8 @@ class Services:
     backends: dict[str, Backend] = field(default_factory=dict)
     workers: LocalWorkers | QueueWorker | None = None
     queue: RedisQueue | None = None
+    # Set when the process was told to stop: held sync-mode requests answer by then.
+    drain_deadline: float | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -51,7 +53,10 @@ class Services:
         """Open every adapter. ``run_workers`` None means: as the settings say (embedded
         servers run workers in-process; with a Redis queue, API processes do not)."""
         settings.ensure_dirs()
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url,
+                               pool_size=settings.db_pool_size,
+                               max_overflow=settings.db_max_overflow,
+                               pool_timeout_s=settings.db_pool_timeout_s)
         await migrate.upgrade(engine)
         store = Store(engine)
         signer = UrlSigner(settings.signing_key, settings.media_url_ttl_s)
@@ -87,6 +92,7 @@ class Services:
                 signer,
                 UploadLimits(settings.upload_max_bytes, settings.upload_ttl_s,
                              settings.upload_quota_bytes),
+                storage,
             ),
             webhooks=WebhookSender(
                 store,
@@ -111,6 +117,14 @@ class Services:
                 not distributed
             )
         if run_workers:
+            # Connections of their own for submission intents and upstream handles (two),
+            # and for lease renewals (one); only processes that run work write them.
+            store.checkpoint_engine = create_engine(
+                settings.resolved_database_url, pool_size=1, max_overflow=1,
+                pool_timeout_s=settings.db_pool_timeout_s)
+            store.lease_engine = create_engine(
+                settings.resolved_database_url, pool_size=1, max_overflow=0,
+                pool_timeout_s=settings.db_pool_timeout_s)
             services.backends = build_backends(settings)
             if settings.only_backends:
                 services.backends = {
@@ -125,6 +139,7 @@ class Services:
                     store,
                     concurrency={b: settings.concurrency_for(b) for b in services.backends},
                     reconcile_interval_s=settings.reconcile_interval_s,
+                    dispatch_grace_s=settings.dispatch_grace_s,
                 )
             else:
                 services.workers = LocalWorkers(
@@ -170,7 +185,25 @@ class Services:
         probes = [probe("database", database()), probe("storage", self.storage.check())]
         if self.queue is not None:
             probes.append(probe("queue", self.queue.ping()))
-        return dict(await asyncio.gather(*probes))
+        checks = dict(await asyncio.gather(*probes))
+        if isinstance(self.workers, QueueWorker):
+            # A consumer that lost the broker says so until it has reconnected.
+            for backend, state in self.workers.consumer_states().items():
+                checks[f"consumer:{backend}"] = state
+        return checks
+
+    def begin_drain(self) -> None:
+        """The process was told to stop: every held sync-mode request answers within
+        ``shutdown_drain_s`` (ended, or as it stands, with its id)."""
+        if self.drain_deadline is None:
+            loop = asyncio.get_running_loop()
+            self.drain_deadline = loop.time() + self.settings.shutdown_drain_s
+            logging.getLogger("reelgate").info(
+                "draining: held requests answer within %g s", self.settings.shutdown_drain_s)
+            # Waiters re-read their rows now, and again when their prediction ends or the
+            # bound passes.
+            self.notifier.wake_all()
+            loop.call_later(self.settings.shutdown_drain_s, self.notifier.wake_all)
 
     async def dispatch(self, prediction_id: str, backend: str) -> None:
         if self.queue is not None:
@@ -195,3 +228,6 @@ class Services:
             await self.queue.close()
         await self.notifier.close()
         await self.store.engine.dispose()
+        for extra in {self.store.checkpoint_engine, self.store.lease_engine}:
+            if extra is not self.store.engine:
+                await extra.dispose()

@@ -82,12 +82,34 @@ class Settings(BaseSettings):
     lease_ttl_s: float = 30.0
     # How often idle workers look at the table for work nobody announced (restart recovery).
     reconcile_interval_s: float = 2.0
+    # Scaled out, a row created this long ago and still unclaimed is run by the reconciler
+    # (its queue message was lost, or dispatch failed while the broker was down).
+    dispatch_grace_s: float = 10.0
     # Longest a sync-mode request is held before it is answered with the object as it is.
     sync_timeout_s: float = 300.0
     # enable_base64_output: the largest video (bytes, before encoding; base64 adds a third)
     # an answer carries inline. A larger one is answered with HTTP 413 and a message that
     # says how to fetch it, never silently as a URL.
     base64_output_max_bytes: int = 32 * 1024 * 1024
+    # On SIGTERM an API process stops accepting connections and keeps answering the
+    # sync-mode requests it holds for at most this long (each gets its prediction, ended or
+    # as it stands), then exits: a rolling restart drops no client.
+    shutdown_drain_s: float = 20.0
+    # What a worker does when it finds a submission recorded as intended but no upstream
+    # handle (its predecessor died between sending and recording the answer), per backend:
+    # "resubmit" (at least once: the upstream may have started, and be billed for, two
+    # operations) or "fail" (at most once: the prediction fails, uncharged, with a message
+    # that says so). Backends not named: resubmit.
+    unconfirmed_submissions: dict[str, str] = Field(default_factory=dict)
+
+    # --- database connections ----------------------------------------------------------------
+    # Per process, on PostgreSQL: at most pool_size + max_overflow connections (workers add
+    # 3 reserved for checkpoints and leases). 2 API + 2 workers with the defaults: 46 at most,
+    # under PostgreSQL's default max_connections of 100. A query that finds the pool busy
+    # waits up to db_pool_timeout_s for a connection instead of failing.
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    db_pool_timeout_s: float = 30.0
 
     # --- routing -----------------------------------------------------------------------
     # Backend for every model unless model_backends names another for it.
@@ -168,6 +190,19 @@ class Settings(BaseSettings):
     @classmethod
     def _split_list(cls, v: object) -> object:
         return split_list(v)
+
+    def on_unconfirmed_submission(self, backend: str) -> str:
+        policy = self.unconfirmed_submissions.get(backend, "resubmit")
+        return policy if policy in ("resubmit", "fail") else "resubmit"
+
+    @field_validator("unconfirmed_submissions")
+    @classmethod
+    def _check_policies(cls, v: dict[str, str]) -> dict[str, str]:
+        for backend, policy in v.items():
+            if policy not in ("resubmit", "fail"):
+                raise ValueError(f"unconfirmed_submissions[{backend!r}] must be 'resubmit' or "
+                                 f"'fail', not {policy!r}")
+        return v
 
     def all_backends(self) -> list[str]:
         names = {self.default_backend, *self.model_backends.values(), "sandbox"}

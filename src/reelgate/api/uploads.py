@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from reelgate.api.auth import require_key
@@ -121,11 +121,15 @@ async def upload_binary(request: Request, key: KeyRecord = Depends(require_key))
 @router.get("/media/uploads/{upload_id}/{filename}", include_in_schema=False)
 async def download_upload(
     upload_id: str, filename: str, request: Request, expires: int = 0, signature: str = ""
-) -> FileResponse:
+) -> Response:
     services = request.app.state.services
     if not services.uploads.verify_download(upload_id, expires, signature):
         raise ApiError(403, "This link is invalid or has expired")
     record = await services.uploads.get(upload_id)
     if record is None or record["status"] != "ready" or record["expires_at"] <= utcnow():
         raise NotFound("No such upload")
-    return FileResponse(services.uploads.path(upload_id), media_type=record["content_type"])
+    # Read through the storage: the PUT may have reached another API process.
+    data = await services.uploads.read(upload_id)
+    if data is None:
+        raise NotFound("No such upload")
+    return Response(data, media_type=record["content_type"])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from reelgate import intake
 from reelgate.api import body as bounded
@@ -73,7 +74,9 @@ async def _json_body(request: Request) -> Any:
     "/google/{model}/{scene}",
     response_model=PredictionEnvelope,
     summary="Create a prediction",
-    responses=TOO_LARGE,
+    responses={**TOO_LARGE,
+               409: {"model": ErrorBody,
+                     "description": "The Idempotency-Key was used with another request"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -88,13 +91,20 @@ async def create_prediction(
     scene: str,
     request: Request,
     webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key",
+        description="Any unique string (a UUID): a retry with the same key and body returns "
+        "the same prediction (kept with it, at least 24 hours); the same key with another "
+        "body is a 409."),
     key: KeyRecord = Depends(require_key),
 ) -> dict[str, Any] | Response:
     services = services_of(request)
     resolve_model_scene(model, scene)  # an unknown route is a 404 whatever the body
+    idempotency_key = intake.check_idempotency_key(idempotency_key)
     body = await _json_body(request)
     pred, req = await intake.accept(services, key, model, scene, body,
-                                    base_url=base_url(request, services), webhook=webhook)
+                                    base_url=base_url(request, services), webhook=webhook,
+                                    idempotency_key=idempotency_key)
     if not req.enable_sync_mode:
         return render(pred, request, services)
     pred, ended = await _wait_for_end(services, pred)
@@ -104,20 +114,34 @@ async def create_prediction(
     # error text that says so and where to read the result later.
     answer = render(pred, request, services)
     data = answer["data"]
-    data["error"] = (
-        f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
-        f"prediction is still {data['status']}. Query the result later at "
-        f"{data['urls']['get']}"
-    )
+    if services.drain_deadline is not None:
+        data["error"] = (
+            f"This server is restarting; the prediction is still {data['status']}. "
+            f"Query the result later at {data['urls']['get']}"
+        )
+    else:
+        data["error"] = (
+            f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
+            f"prediction is still {data['status']}. Query the result later at "
+            f"{data['urls']['get']}"
+        )
     return answer
 
 
 async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Prediction, bool]:
     """Hold a sync-mode request until the prediction ends or the ceiling passes; says
-    whether it ended."""
-    current, ended = await services.notifier.wait(
-        pred.id, lambda: services.store.get(pred.id), services.settings.sync_timeout_s
-    )
+    whether it ended. The prediction is stored already, so nothing here may turn the answer
+    into an error: a failed re-read answers with the row as it was. A process told to stop
+    (SIGTERM) answers every held request within its drain bound."""
+    try:
+        current, ended = await services.notifier.wait(
+            pred.id, lambda: services.store.get(pred.id), services.settings.sync_timeout_s,
+            until=lambda: services.drain_deadline,
+        )
+    except Exception as exc:  # the database went away meanwhile: answer with what we have
+        logging.getLogger("reelgate.api").warning(
+            "sync wait for %s ended early (%s)", pred.id, type(exc).__name__)
+        return pred, False
     return current or pred, ended and current is not None
 
 

@@ -12,6 +12,10 @@ async def _no_checkpoint(ref: str) -> None:
     return None
 
 
+async def _no_intent(intent: str | None) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Input images as fetched and checked at request time (raw encoded bytes)."""
@@ -39,10 +43,24 @@ class Job:
     # ``checkpoint(handle)`` BEFORE waiting on it (the handle is written to the row), and a
     # later attempt of the same prediction finds it in ``upstream_ref`` and resumes polling
     # instead of submitting (and paying) twice.
+    #
+    # Before each call that may start (and bill) upstream work, a backend calls
+    # ``intend(description)``: the intent is on the row before the call leaves, so a worker
+    # that dies between the upstream's answer and ``checkpoint`` leaves a trace. A later
+    # attempt that finds an intent and no handle does what ``on_unconfirmed`` says (the
+    # runner applies "fail" before the backend is called). ``intend(None)`` withdraws an
+    # intent whose call certainly did not reach the upstream (refused before it was sent,
+    # or answered with an error).
     upstream_ref: str | None = None
     checkpoint: Callable[[str], Awaitable[None]] = field(
         default=_no_checkpoint, compare=False, repr=False
     )
+    intend: Callable[[str | None], Awaitable[None]] = field(
+        default=_no_intent, compare=False, repr=False
+    )
+    # "resubmit" (at least once) or "fail" (at most once): also what a backend does when a
+    # call's fate is unknown (sent, then the connection broke or timed out).
+    on_unconfirmed: str = "resubmit"
 
 
 class BackendError(Exception):

@@ -294,9 +294,13 @@ class Upstream:
     code: int
     message: str
     retry_after: float | None = None
+    # A network error after the request may have left (a read timeout, a dropped
+    # connection): Google may have acted on it. An HTTP answer, or a connection that never
+    # opened, is certain.
+    uncertain: bool = False
 
     def short(self) -> str:
-        return f"{self.code} {self.message}".strip()
+        return f"{self.code or ''} {self.message}".strip()
 
 
 def _parse_duration(value: Any) -> float | None:
@@ -349,11 +353,49 @@ def classify_error(exc: Exception) -> Upstream:
         if _SAFETY_RE.search(message):
             return Upstream("safety", code, message)
         return Upstream("invalid" if code == 400 else "other", code, message)
-    if isinstance(exc, httpx.TransportError):
-        return Upstream("unavailable", 0, f"{type(exc).__name__}: {exc}")
+    network = network_error(exc)
+    if network is not None:
+        return network
     if isinstance(exc, ValueError):  # the SDK's own checks of a request
         return Upstream("invalid", 0, str(exc))
-    return Upstream("other", 0, f"{type(exc).__name__}: {exc}")
+    # Not shown with its repr or text: an unknown error may carry internal details.
+    log.warning("unclassified Google error: %r", exc)
+    return Upstream("other", 0, f"unexpected {type(exc).__name__}")
+
+
+def _aiohttp_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(never-sent, maybe-sent) aiohttp errors; google-genai's async calls go through aiohttp
+    whenever it is installed (taskiq pulls it in), else through httpx."""
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp comes with taskiq
+        return (), ()
+    unsent: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,
+                                               aiohttp.ClientProxyConnectionError)
+    connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", None)  # aiohttp >= 3.10
+    if connect_timeout is not None:
+        unsent += (connect_timeout,)
+    return unsent, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+
+
+def network_error(exc: BaseException) -> Upstream | None:
+    """A transport failure of any HTTP client the SDK may use (httpx or aiohttp), as an
+    ``unavailable`` answer: retried on another channel, the channel cooled down. The message
+    names the kind of failure only: no address, no object repr (it may reach the user)."""
+    unsent, maybe_sent = _aiohttp_errors()
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:  # the SDK may wrap the client's error
+        seen.add(id(cur))
+        if isinstance(cur, (httpx.ConnectError, httpx.ConnectTimeout, *unsent,
+                            ConnectionRefusedError)):
+            return Upstream("unavailable", 0, "Google could not be reached (connection failed)")
+        if isinstance(cur, (httpx.TimeoutException, TimeoutError)):
+            return Upstream("unavailable", 0, "Google did not answer in time", uncertain=True)
+        if isinstance(cur, (httpx.TransportError, *maybe_sent, ConnectionError)):
+            return Upstream("unavailable", 0, "the connection to Google broke", uncertain=True)
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 # --- clients --------------------------------------------------------------------------------
@@ -422,6 +464,7 @@ class GoogleBackend:
             raise ValueError("no Google channel is configured")
         self.pool = ChannelPool(self.channels, status_path=status_path)
         self._clients: dict[str, _Channel] = {}
+        self._create_slots = asyncio.Semaphore(gs.create_concurrency)
 
     @classmethod
     def from_settings(cls, settings: Settings, gs: GoogleSettings | None = None) -> GoogleBackend:
@@ -493,33 +536,49 @@ class GoogleBackend:
                     + NOT_CHARGED, retryable=True) from None
             attempts += 1
             plan = plans[state.name]
-            try:
-                op = await self._create(state, plan, source, config_images)
-            except (asyncio.CancelledError, BackendError):
-                self.pool.release(state.name)
-                raise
-            except Exception as exc:  # sorted below: retry elsewhere, or fail
-                self.pool.release(state.name)
-                last = classify_error(exc)
-                self._after_failure(state.name, last)
-                if last.kind == "auth":
-                    # A refused key does not recover in seconds: drop the channel for this
-                    # job and go on with the others, if any.
-                    plans.pop(state.name, None)
-                    if plans:
+            async with self._create_slots:
+                try:
+                    # On the row just before the call leaves: see Job.intend.
+                    await job.intend(json.dumps({"channel": state.name,
+                                                 "model": plan.model_id,
+                                                 "attempt": attempts, "at": time.time()}))
+                    op = await self._create(state, plan, source, config_images)
+                except (asyncio.CancelledError, BackendError):
+                    self.pool.release(state.name)
+                    raise
+                except Exception as exc:  # sorted below: retry elsewhere, or fail
+                    self.pool.release(state.name)
+                    last = classify_error(exc)
+                    self._after_failure(state.name, last)
+                    if last.uncertain and job.on_unconfirmed == "fail":
+                        # Google may have started the operation; at most once means never
+                        # sending another. The intent stays on the row.
+                        raise BackendError(
+                            f"Google did not confirm the request to start this video "
+                            f"({last.message}), and this server is set never to start a "
+                            "video twice, so it was not sent again. " + NOT_CHARGED) from None
+                    if not last.uncertain:
+                        await job.intend(None)  # Google answered: nothing was started
+                    if last.kind == "auth":
+                        # A refused key does not recover in seconds: drop the channel for
+                        # this job and go on with the others, if any.
+                        plans.pop(state.name, None)
+                        if plans:
+                            continue
+                        break
+                    if last.kind in ("quota", "unavailable"):
                         continue
-                    break
-                if last.kind in ("quota", "unavailable"):
-                    continue
-                raise self._failure(last) from None
-            # The handle goes on the row before anything else can go wrong: from here on a
-            # restart resumes this operation instead of creating another.
-            try:
-                await job.checkpoint(UpstreamRef(state.name, op.name or "",
-                                                 plan.model_id).dumps())
-            except BaseException:
-                self.pool.release(state.name)
-                raise
+                    raise self._failure(last) from None
+                # The handle goes on the row before anything else can go wrong (and before
+                # the slot frees, so at most create_concurrency predictions per process are
+                # ever between intent and handle): from here on a restart resumes this
+                # operation instead of creating another.
+                try:
+                    await job.checkpoint(UpstreamRef(state.name, op.name or "",
+                                                     plan.model_id).dumps())
+                except BaseException:
+                    self.pool.release(state.name)
+                    raise
             log.info("prediction %s: Google operation %s on channel %s (%s)", job.id, op.name,
                      state.name, plan.describe())
             return state.name, op

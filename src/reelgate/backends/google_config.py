@@ -175,6 +175,11 @@ class GoogleSettings(BaseSettings):
     acquire_timeout_s: float = 600.0
     download_attempts: int = Field(4, ge=1)
     request_timeout_s: float = 120.0
+    # Create calls on the wire at once, per worker process. A create is recorded as intended
+    # just before it is sent; bounding how many are in flight bounds how many predictions a
+    # killed worker leaves unconfirmed (and, with the "fail" policy, fails), and keeps the
+    # burst after a cool-down from queueing inside the HTTP client's connection pool.
+    create_concurrency: int = Field(32, ge=1)
 
     @field_validator("api_keys", "fallbacks", mode="before")
     @classmethod

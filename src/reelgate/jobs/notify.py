@@ -43,9 +43,12 @@ class LocalNotifier:
         self.listeners: list[Callable[[str], None]] = []
 
     async def wait(self, prediction_id: str, read: Callable[[], Awaitable[R | None]],
-                   timeout: float) -> tuple[R | None, bool]:
+                   timeout: float,
+                   until: Callable[[], float | None] | None = None) -> tuple[R | None, bool]:
         """Hold until ``read()`` returns a row that has ended (or None: gone), or until
-        ``timeout`` seconds have passed. Returns the last row read and whether it ended."""
+        ``timeout`` seconds have passed, or the loop time ``until()`` gives (checked at each
+        wake-up: a draining process moves it closer and wakes everyone). Returns the last
+        row read and whether it ended."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         async with self.subscribe(prediction_id) as woken:
@@ -56,6 +59,9 @@ class LocalNotifier:
                 row = await read()
                 if row is None or row.finished:
                     return row, True
+                cap = until() if until is not None else None
+                if cap is not None:
+                    deadline = min(deadline, cap)
                 left = deadline - loop.time()
                 if left <= 0:
                     return row, False
@@ -92,9 +98,11 @@ class LocalNotifier:
         for event in self._events.get(prediction_id, ()):
             event.set()
 
-    def _wake_all(self) -> None:
-        for events in self._events.values():
-            for event in events:
+    def wake_all(self) -> None:
+        """Wake every local waiter (each re-reads its row): the subscription came back, or
+        the process is draining."""
+        for waiters in list(self._events.values()):
+            for event in waiters:
                 event.set()
 
 
@@ -116,7 +124,12 @@ class RedisNotifier(LocalNotifier):
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="redis-notifier")
-        await asyncio.wait_for(self._ready.wait(), 10)
+        try:
+            await asyncio.wait_for(self._ready.wait(), 3)
+        except TimeoutError:
+            # Start anyway (Redis may be restarting): sync waiters re-read their rows until
+            # the subscription is up, and the listener keeps trying.
+            logging.getLogger("reelgate.jobs").warning("notifier: Redis not reachable yet")
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -138,7 +151,7 @@ class RedisNotifier(LocalNotifier):
                     if self._ready.is_set():
                         # Back after a loss: ends published meanwhile were not heard, so
                         # every local waiter reads its row again now.
-                        self._wake_all()
+                        self.wake_all()
                     self._ready.set()
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
@@ -148,8 +161,9 @@ class RedisNotifier(LocalNotifier):
                         self._wake(prediction_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # Redis went away: waiters fall back to their periodic re-read (wait())
                 # until the subscription is back.
-                logging.getLogger("reelgate.jobs").exception("notifier lost Redis; retrying")
+                logging.getLogger("reelgate.jobs").warning(
+                    "notifier lost Redis (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(1)

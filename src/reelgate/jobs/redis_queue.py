@@ -21,6 +21,7 @@ from datetime import timedelta
 from taskiq import AsyncBroker
 from taskiq_redis import RedisStreamBroker
 
+from reelgate import metrics
 from reelgate.jobs.runner import Runner, renew_forever
 from reelgate.jobs.worker import worker_id
 from reelgate.store.repo import Store
@@ -61,13 +62,23 @@ class RedisQueue:
                 # another consumer claims them (the reconciler covers the row anyway).
                 idle_timeout=60_000,
                 xread_block=1000,
+                # A group created after its stream (Redis restarted without persistence,
+                # and an API process added messages before any worker was back) must read
+                # the stream from its start, not from "now": "$" would skip those messages.
+                consumer_id="0",
             )
             self.brokers[backend] = broker
             self._tasks[backend] = broker.register_task(_run_prediction, task_name=TASK_NAME)
 
     async def start(self) -> None:
-        for broker in self.brokers.values():
-            await broker.startup()
+        for backend, broker in self.brokers.items():
+            try:
+                await asyncio.wait_for(broker.startup(), 5)
+            except Exception as exc:
+                # A process may start while Redis is down: creates are stored and run by
+                # the reconciler meanwhile, and consumers declare their group on connect.
+                log.warning("queue for %s not reachable at start (%s); going on",
+                            backend, type(exc).__name__)
 
     async def close(self) -> None:
         for broker in self.brokers.values():
@@ -77,7 +88,31 @@ class RedisQueue:
         task = self._tasks.get(backend)
         if task is None:
             raise RuntimeError(f"no queue for backend {backend!r}")
-        await task.kiq(prediction_id)
+        # After Redis restarted, the pool's first connection is a dead one: its error drops
+        # it from the pool, and the next try gets a fresh connection.
+        for attempt in range(3):
+            try:
+                await task.kiq(prediction_id)
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def declare_group(self, backend: str) -> None:
+        """Create the backend's consumer group (and stream) unless it exists: at start, and
+        after a reconnect, since a restarted Redis may have lost both."""
+        from redis.asyncio import Redis
+        from redis.exceptions import ResponseError
+
+        broker = self.brokers[backend]
+        async with Redis(connection_pool=broker.connection_pool) as redis:
+            try:
+                await redis.xgroup_create(broker.queue_name, broker.consumer_group_name,
+                                          id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def ping(self) -> None:
         from redis.asyncio import Redis
@@ -122,6 +157,13 @@ class QueueWorker:
         # The backends this process runs: those it has (configured) and a queue for.
         self._backends = [b for b in concurrency if b in queue.brokers]
         self._slots = {b: asyncio.Semaphore(max(1, n)) for b, n in concurrency.items()}
+        # Per backend: "ok" while its consumer reads the stream, else why it does not.
+        self._consumer_state = {b: "starting" for b in self._backends}
+        self.reconnect_initial_s = 0.2
+        self.reconnect_max_s = 5.0
+
+    def consumer_states(self) -> dict[str, str]:
+        return dict(self._consumer_state)
 
     @property
     def in_flight(self) -> int:
@@ -149,6 +191,35 @@ class QueueWorker:
         self._loops = []
 
     async def _consume(self, backend: str) -> None:
+        """Read the backend's stream for ever. A broker error (Redis restarted, unreachable,
+        the group gone) is logged, shown in /readyz and metrics, and followed by a
+        reconnect with capped exponential backoff: the loop never dies silently, and work
+        queued after the broker is back is read at once, not left to the reconciler."""
+        delay = self.reconnect_initial_s
+        while True:
+            try:
+                await self.queue.declare_group(backend)
+                self._set_state(backend, "ok")
+                delay = self.reconnect_initial_s
+                await self._read(backend)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.QUEUE_CONSUMER_ERRORS.labels(backend).inc()
+                self._set_state(backend, f"reconnecting after {type(exc).__name__}")
+                log.warning("queue consumer for %s lost the broker (%s: %s); reconnecting in "
+                            "%.1f s", backend, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(self.reconnect_max_s, delay * 2)
+
+    def _set_state(self, backend: str, state: str) -> None:
+        if self._consumer_state.get(backend) != state and state == "ok":
+            if self._consumer_state.get(backend, "starting") != "starting":
+                log.info("queue consumer for %s reconnected", backend)
+        self._consumer_state[backend] = state
+        metrics.QUEUE_CONSUMER_UP.labels(backend).set(1 if state == "ok" else 0)
+
+    async def _read(self, backend: str) -> None:
         broker = self.queue.brokers[backend]
         slots = self._slots[backend]
         async for message in broker.listen():
@@ -210,7 +281,13 @@ class QueueWorker:
 
 async def _ack(message: object) -> None:
     ack = getattr(message, "ack", None)
-    if ack is not None:
+    if ack is None:
+        return
+    try:
         result = ack()
         if asyncio.iscoroutine(result):
             await result
+    except Exception as exc:
+        # The row was dealt with; an unacknowledged message is only redelivered, and the
+        # row makes the second delivery a no-op.
+        log.warning("queue acknowledgement failed (%s)", type(exc).__name__)

@@ -36,21 +36,40 @@ INTERNAL_FAILURE = (
 )
 
 
+UNCONFIRMED_FAILURE = (
+    "An earlier attempt to start this video upstream was interrupted before the upstream's "
+    "answer was recorded, and this server is set never to start a video twice; so it was "
+    "not started again. You were not charged; please try again."
+)
+
+
+async def load_inputs(pred: Prediction, storage: Storage, data_dir: Path) -> Inputs:
+    """The prediction's input images: from the storage (where intake put them), or, for
+    rows accepted before inputs went through the storage, from the data dir."""
+    in_storage = bool(pred.inputs.get("storage"))
+
+    async def read(ref: str | None) -> bytes | None:
+        if not ref:
+            return None
+        if in_storage:
+            return await storage.get_bytes(ref)
+        return await asyncio.to_thread((data_dir / ref).read_bytes)
+
+    images = [await read(r) for r in pred.inputs.get("images", [])]
+    return Inputs(
+        image=await read(pred.inputs.get("image")),
+        last_image=await read(pred.inputs.get("last_image")),
+        images=tuple(data for data in images if data is not None),
+    )
+
+
 def job_from_row(
-    pred: Prediction, data_dir: Path, checkpoint: Callable[[str], Awaitable[None]]
+    pred: Prediction, inputs: Inputs, checkpoint: Callable[[str], Awaitable[None]],
+    intend: Callable[[str | None], Awaitable[None]] | None = None,
+    on_unconfirmed: str = "resubmit",
 ) -> Job:
     p = pred.params
-
-    def read(rel: str | None) -> bytes | None:
-        return (data_dir / rel).read_bytes() if rel else None
-
-    inputs = Inputs(
-        image=read(pred.inputs.get("image")),
-        last_image=read(pred.inputs.get("last_image")),
-        images=tuple(
-            data for data in (read(r) for r in pred.inputs.get("images", [])) if data is not None
-        ),
-    )
+    extra = {"intend": intend} if intend is not None else {}
     return Job(
         id=pred.id,
         model=pred.model,
@@ -66,6 +85,8 @@ def job_from_row(
         inputs=inputs,
         upstream_ref=pred.upstream_ref,
         checkpoint=checkpoint,
+        on_unconfirmed=on_unconfirmed,
+        **extra,
     )
 
 
@@ -102,10 +123,24 @@ class Runner:
         if pred.attempts > MAX_ATTEMPTS:
             log.error("prediction %s gave up after %d attempts", pred.id, pred.attempts - 1)
             await self.store.fail(pred.id, owner, INTERNAL_FAILURE)
-            await self.notifier.publish(pred.id)
+            await self._publish(pred.id)
             return
         log.info("prediction %s processing on %s (attempt %d)", pred.id, pred.backend,
                  pred.attempts)
+        if pred.submit_intent is not None and pred.upstream_ref is None:
+            # A predecessor recorded a submission and died before recording its answer:
+            # the upstream may be running (and billing) an operation nobody will collect.
+            policy = self.settings.on_unconfirmed_submission(pred.backend)
+            metrics.UNCONFIRMED_SUBMISSIONS.labels(pred.backend, policy).inc()
+            if policy == "fail":
+                log.warning("prediction %s: unconfirmed submission %s; failing it (at most "
+                            "once)", pred.id, pred.submit_intent)
+                if await self.store.fail(pred.id, owner, UNCONFIRMED_FAILURE):
+                    metrics.PREDICTIONS_ENDED.labels("failed", pred.backend).inc()
+                await self._publish(pred.id)
+                return
+            log.warning("prediction %s: unconfirmed submission %s; submitting again (at "
+                        "least once)", pred.id, pred.submit_intent)
         # The lease is renewed by the worker pool for all its rows at once (renew_leases).
         try:
             await self._generate(pred, owner)
@@ -114,7 +149,16 @@ class Runner:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release_lease(pred.id, owner))
             raise
-        await self.notifier.publish(pred.id)
+        await self._publish(pred.id)
+
+    async def _publish(self, prediction_id: str) -> None:
+        # The row is the truth and has ended; a lost wake-up (Redis down) only makes a
+        # sync-mode waiter find the end on its next re-read.
+        try:
+            await self.notifier.publish(prediction_id)
+        except Exception as exc:
+            log.warning("prediction %s: end not announced (%s)", prediction_id,
+                        type(exc).__name__)
 
     async def _generate(self, pred: Prediction, owner: str) -> None:
         backend = self.backends.get(pred.backend)
@@ -128,6 +172,12 @@ class Runner:
                 # Our lease was taken over: stop before waiting on work another worker owns.
                 raise BackendError("lease lost", retryable=True)
 
+        async def intend(intent: str | None) -> None:
+            ok = (await self.store.set_submit_intent(pred.id, owner, intent) if intent
+                  else await self.store.clear_submit_intent(pred.id, owner))
+            if intent and not ok:
+                raise BackendError("lease lost", retryable=True)
+
         tmp_root = self.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         workdir = ""
@@ -135,8 +185,10 @@ class Runner:
             # File work off the event loop (reading inputs, removing the work directory):
             # on a busy disk it stalled every request this process was answering.
             workdir = await asyncio.to_thread(tempfile.mkdtemp, dir=tmp_root)
-            job = await asyncio.to_thread(job_from_row, pred, self.settings.data_dir,
-                                          checkpoint)
+            # Inputs come through the storage layer (local or S3), not this machine's disk.
+            inputs = await load_inputs(pred, self.storage, self.settings.data_dir)
+            job = job_from_row(pred, inputs, checkpoint, intend,
+                               self.settings.on_unconfirmed_submission(pred.backend))
             started = time.perf_counter()
             video = await backend.generate(job, Path(workdir))
             metrics.BACKEND_LATENCY.labels(pred.backend).observe(

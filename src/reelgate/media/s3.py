@@ -23,7 +23,14 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from reelgate.media.storage import LocalStorage, Storage, TooLarge, UrlSigner, _safe_key
+from reelgate.media.storage import (
+    LocalStorage,
+    Storage,
+    StorageKeyMissing,
+    TooLarge,
+    UrlSigner,
+    _safe_key,
+)
 
 __all__ = ["S3Storage", "StorageUnavailable", "build_storage", "parse_s3_url"]
 
@@ -157,6 +164,31 @@ class S3Storage:
                 f"s3://{self.bucket}/{obj} holds {head.get('ContentLength')} bytes after "
                 f"upload, expected {size}"
             )
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        obj = self.object_key(key)
+        try:
+            await asyncio.to_thread(self._client.put_object, Bucket=self.bucket, Key=obj,
+                                    Body=data, ContentType=content_type)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"upload to s3://{self.bucket}/{obj} failed: {exc}") from exc
+
+    async def get_bytes(self, key: str) -> bytes:
+        obj = self.object_key(key)
+
+        def read() -> bytes:
+            resp = self._client.get_object(Bucket=self.bucket, Key=obj)
+            with resp["Body"] as body:
+                return bytes(body.read())
+
+        try:
+            return await asyncio.to_thread(read)
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND_CODES | {"NoSuchKey"}:
+                raise StorageKeyMissing(key) from None
+            raise StorageUnavailable(f"s3://{self.bucket}/{obj} is not readable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"s3://{self.bucket}/{obj} is not readable: {exc}") from exc
 
     async def exists(self, key: str) -> bool:
         obj = self.object_key(key)

@@ -1,4 +1,8 @@
-"""Where videos live, and the URLs clients download them from.
+"""Where videos and input images live, and the URLs clients download videos from.
+
+Inputs (images fetched at intake, user uploads) go through the same protocol as outputs
+(``put_bytes``/``get_bytes``), so API and worker processes share nothing but the storage:
+a bucket, or one directory named by ``REELGATE_STORAGE_URL``.
 
 The embedded adapter keeps files under ``data_dir/videos`` and hands out expiring HMAC-signed
 URLs that the API itself serves (``/media/...``). A configured public media base URL (a CDN or
@@ -18,8 +22,14 @@ from typing import Protocol
 from urllib.parse import quote, urlencode
 
 
+class StorageKeyMissing(LookupError):
+    """``get_bytes`` of a key that holds nothing."""
+
+
 class Storage(Protocol):
     async def put_file(self, key: str, src: Path) -> None: ...
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+    async def get_bytes(self, key: str) -> bytes: ...
     async def exists(self, key: str) -> bool: ...
     async def delete(self, key: str) -> None: ...
     async def check(self) -> None: ...
@@ -90,6 +100,25 @@ class LocalStorage:
             fout.flush()
             os.fsync(fout.fileno())
         os.replace(tmp, dest)
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        await asyncio.to_thread(self._write_bytes, self.path(key), data)
+
+    @staticmethod
+    def _write_bytes(dest: Path, data: bytes) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+
+    async def get_bytes(self, key: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self.path(key).read_bytes)
+        except FileNotFoundError:
+            raise StorageKeyMissing(key) from None
 
     async def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -2,8 +2,10 @@
 and a one-step binary upload, with size and type limits, a per-account quota and expiry.
 
 An upload's ``download_url`` is a signed link to this server. When such a link comes back as
-an ``image``/``images[]``/``last_image``, intake reads the file from disk instead of fetching
-it over HTTP (the fetcher would rightly refuse our own, possibly private, address)."""
+an ``image``/``images[]``/``last_image``, intake reads the file from storage instead of
+fetching it over HTTP (the fetcher would rightly refuse our own, possibly private, address).
+The bytes live in the Storage (key ``uploads/{id}``), not in the API process's data dir, so
+the PUT and the create may reach different API processes on different machines."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.media.images import check_image
-from reelgate.media.storage import UrlSigner
+from reelgate.media.storage import Storage, StorageKeyMissing, UrlSigner
 from reelgate.store.repo import new_id
 from reelgate.store.tables import uploads, utcnow
 
@@ -71,15 +73,31 @@ def content_type_for(filename: str, declared: str | None) -> str:
 
 class Uploads:
     def __init__(
-        self, engine: AsyncEngine, root: Path, signer: UrlSigner, limits: UploadLimits
+        self, engine: AsyncEngine, root: Path, signer: UrlSigner, limits: UploadLimits,
+        storage: Storage,
     ) -> None:
         self.engine = engine
+        # Where uploads lived before they went through the storage; still read from, so
+        # links handed out before an upgrade keep working until they expire.
         self.root = root
         self.signer = signer
         self.limits = limits
+        self.storage = storage
 
     def path(self, upload_id: str) -> Path:
         return self.root / upload_id
+
+    @staticmethod
+    def key(upload_id: str) -> str:
+        return f"uploads/{upload_id}"
+
+    async def read(self, upload_id: str) -> bytes | None:
+        """The uploaded bytes, or None if they are gone."""
+        try:
+            return await self.storage.get_bytes(self.key(upload_id))
+        except StorageKeyMissing:
+            legacy = self.path(upload_id)
+            return await asyncio.to_thread(legacy.read_bytes) if legacy.is_file() else None
 
     # --- URLs ------------------------------------------------------------------------------
 
@@ -180,7 +198,7 @@ class Uploads:
             raise InvalidInput(
                 "body", f"has {len(body)} bytes but the upload declared {record['size']}"
             )
-        await self._store(upload_id, bytes(body))
+        await self._store(upload_id, bytes(body), record["content_type"])
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(uploads).where(uploads.c.id == upload_id).values(status="ready")
@@ -196,7 +214,7 @@ class Uploads:
         self._check_size(len(data))
         await self._check_quota(account_id, len(data))
         upload_id = new_id()
-        await self._store(upload_id, data, field="file")
+        await self._store(upload_id, data, ctype, field="file")
         now = utcnow()
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -213,19 +231,10 @@ class Uploads:
             )
         return await self.get(upload_id)  # type: ignore[return-value]
 
-    async def _store(self, upload_id: str, data: bytes, field: str = "body") -> None:
+    async def _store(self, upload_id: str, data: bytes, content_type: str,
+                     field: str = "body") -> None:
         await asyncio.to_thread(check_image, data, field=field)
-
-        def write() -> None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self.path(upload_id).with_suffix(".part")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(upload_id))
-
-        await asyncio.to_thread(write)
+        await self.storage.put_bytes(self.key(upload_id), data, content_type)
 
     async def resolve(self, url: str, field: str) -> bytes | None:
         """The bytes of one of our own upload links, or None if ``url`` is not one."""
@@ -250,7 +259,11 @@ class Uploads:
                 field,
                 "the uploaded file is not available (never completed or expired); upload it again",
             )
-        return await asyncio.to_thread(self.path(upload_id).read_bytes)
+        data = await self.read(upload_id)
+        if data is None:
+            raise InvalidInput(
+                field, "the uploaded file is not available (expired); upload it again")
+        return data
 
     async def purge_expired(self) -> int:
         """Delete expired uploads' files and rows; returns how many went."""
@@ -263,6 +276,7 @@ class Uploads:
                 )
             ]
         for upload_id in ids:
+            await self.storage.delete(self.key(upload_id))
             self.path(upload_id).unlink(missing_ok=True)
         if ids:
             async with self.engine.begin() as conn:

@@ -6,7 +6,13 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
+                  pool_timeout_s: float = 30.0) -> AsyncEngine:
+    """The process's engine. On PostgreSQL the pool is bounded by ``pool_size`` +
+    ``max_overflow`` (settings ``REELGATE_DB_POOL_SIZE`` / ``_MAX_OVERFLOW``): every process
+    of a deployment opens at most that many connections, so the sum over processes can be
+    kept under the server's ``max_connections`` (100 by default). A query that finds the
+    pool exhausted waits up to ``pool_timeout_s`` for a connection instead of failing."""
     if url.startswith("sqlite"):
         # One connection per process: SQLite has one writer at a time anyway, and
         # connections competing for the write lock wait in SQLite's busy handler, which
@@ -31,5 +37,6 @@ def create_engine(url: str) -> AsyncEngine:
     # A worker may hold thousands of predictions; a burst of their queries waits for a
     # connection (pool_timeout) rather than failing: the work is waiting on upstream anyway.
     return create_async_engine(
-        url, pool_size=20, max_overflow=30, pool_timeout=300, pool_pre_ping=True
+        url, pool_size=max(1, pool_size), max_overflow=max(0, max_overflow),
+        pool_timeout=pool_timeout_s, pool_pre_ping=True,
     )

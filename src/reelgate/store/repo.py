@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, insert, literal, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelgate import billing
@@ -94,6 +95,9 @@ class Prediction:
     base_url: str | None = None
     outputs_deleted_at: datetime | None = None
     poster: str | None = None
+    submit_intent: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -108,7 +112,16 @@ class Prediction:
 
 
 _NULLABLE = ("lease_owner", "lease_expires_at", "upstream_ref", "started_at", "completed_at",
-             "poster")
+             "submit_intent", "poster")
+
+
+class IdempotencyConflict(ApiError):
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            409,
+            f"Idempotency-Key '{key[:80]}' was already used with a different request; use a "
+            "new key for a new request",
+        )
 
 
 def _prediction(row: Any) -> Prediction:
@@ -116,8 +129,15 @@ def _prediction(row: Any) -> Prediction:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, checkpoint_engine: AsyncEngine | None = None) -> None:
         self.engine = engine
+        # Submission intents and upstream handles are written through connections of their
+        # own: the moment between an upstream accepting work and its handle being on the row
+        # must not include a wait for the shared pool (thousands of polls may hold it).
+        self.checkpoint_engine = checkpoint_engine or engine
+        # Lease renewals: one statement per worker every third of the TTL, which must never
+        # queue behind work (a late renewal hands live work to another worker).
+        self.lease_engine = self.checkpoint_engine
 
     # --- accounts and keys ---------------------------------------------------------------
 
@@ -235,10 +255,59 @@ class Store:
         max_concurrent: int | None = None,
         webhook: str | None = None,
         base_url: str | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> Prediction:
         """Store a new prediction together with its concurrency slot and its hold, in one
         transaction: either all three happen or none (ConcurrencyLimited or
-        InsufficientBalance is raised and nothing is stored)."""
+        InsufficientBalance is raised and nothing is stored).
+
+        With an ``idempotency_key``, the account's earlier prediction under that key is
+        returned instead (its id differs from ``id``: nothing new is stored or held), or
+        IdempotencyConflict is raised when it was made from another request. Two creates
+        racing with one key: the unique index lets one insert win, the other rolls back
+        (slot and hold included) and returns the winner's row."""
+        try:
+            return await self._insert_prediction(
+                id=id, account_id=account_id, key_id=key_id, model=model, scene=scene,
+                backend=backend, params=params, inputs=inputs, price=price,
+                max_concurrent=max_concurrent, webhook=webhook, base_url=base_url,
+                idempotency_key=idempotency_key, request_hash=request_hash)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            earlier = await self.find_idempotent(account_id, idempotency_key, request_hash)
+            if earlier is None:
+                raise
+            return earlier
+
+    async def find_idempotent(self, account_id: str, idempotency_key: str,
+                              request_hash: str | None) -> Prediction | None:
+        """The account's prediction made under ``idempotency_key``, if any; raises
+        IdempotencyConflict when it was made from a different request."""
+        async with self.engine.connect() as conn:
+            return await self._find_idempotent(conn, account_id, idempotency_key, request_hash)
+
+    @staticmethod
+    async def _find_idempotent(conn: Any, account_id: str, idempotency_key: str,
+                               request_hash: str | None) -> Prediction | None:
+        row = (await conn.execute(
+            select(predictions).where(predictions.c.account_id == account_id,
+                                      predictions.c.idempotency_key == idempotency_key)
+        )).first()
+        if row is None:
+            return None
+        pred = _prediction(row)
+        if pred.request_hash != request_hash:
+            raise IdempotencyConflict(idempotency_key)
+        return pred
+
+    async def _insert_prediction(
+        self, *, id: str, account_id: str, key_id: str, model: str, scene: str, backend: str,
+        params: dict[str, Any], inputs: dict[str, Any], price: int,
+        max_concurrent: int | None, webhook: str | None, base_url: str | None,
+        idempotency_key: str | None, request_hash: str | None,
+    ) -> Prediction:
         now = utcnow()
         values = dict(
             id=id,
@@ -257,10 +326,19 @@ class Store:
             price=price,
             webhook=webhook,
             base_url=base_url,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
             created_at=now,
             updated_at=now,
         )
         async with self.engine.begin() as conn:
+            if idempotency_key is not None:
+                # In the create's own transaction: a key already used returns its
+                # prediction before any slot or hold is taken.
+                earlier = await self._find_idempotent(conn, account_id, idempotency_key,
+                                                      request_hash)
+                if earlier is not None:
+                    return earlier
             slot = update(api_keys).where(api_keys.c.id == key_id)
             if max_concurrent is not None:
                 slot = slot.where(api_keys.c.running < max_concurrent)
@@ -372,7 +450,9 @@ class Store:
         """Extend every lease ``owner`` holds, in one statement: a worker with thousands of
         predictions in flight renews them all at once, not one query each."""
         now = utcnow()
-        async with self.engine.begin() as conn:
+        # Through a connection of its own: a renewal stuck behind a busy pool lets the
+        # leases lapse, and other workers take over work that is alive.
+        async with self.lease_engine.begin() as conn:
             result = await conn.execute(
                 update(predictions)
                 .where(predictions.c.lease_owner == owner,
@@ -409,11 +489,34 @@ class Store:
             )
 
     async def set_upstream_ref(self, prediction_id: str, owner: str, ref: str) -> bool:
-        async with self.engine.begin() as conn:
+        async with self.checkpoint_engine.begin() as conn:
             result = await conn.execute(
                 update(predictions)
                 .where(predictions.c.id == prediction_id, predictions.c.lease_owner == owner)
                 .values(upstream_ref=ref, updated_at=utcnow())
+            )
+        return result.rowcount == 1
+
+    async def set_submit_intent(self, prediction_id: str, owner: str, intent: str) -> bool:
+        """Record, durably, that a submission is about to be sent (before it is sent)."""
+        async with self.checkpoint_engine.begin() as conn:
+            result = await conn.execute(
+                update(predictions)
+                .where(predictions.c.id == prediction_id, predictions.c.lease_owner == owner,
+                       predictions.c.status == PROCESSING)
+                .values(submit_intent=intent, updated_at=utcnow())
+            )
+        return result.rowcount == 1
+
+    async def clear_submit_intent(self, prediction_id: str, owner: str) -> bool:
+        """Forget an intent that is known not to have reached the upstream (it refused the
+        call outright), so a crash now does not count it as unconfirmed."""
+        async with self.checkpoint_engine.begin() as conn:
+            result = await conn.execute(
+                update(predictions)
+                .where(predictions.c.id == prediction_id, predictions.c.lease_owner == owner,
+                       predictions.c.upstream_ref.is_(None))
+                .values(submit_intent=None, updated_at=utcnow())
             )
         return result.rowcount == 1
 

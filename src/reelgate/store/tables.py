@@ -131,8 +131,17 @@ predictions = Table(
     Column("outputs_deleted_at", UTCDateTime(), nullable=True),
     # Storage key of a JPEG poster frame taken from the video when it was stored.
     Column("poster", Text, nullable=True),
+    # A submission recorded as intended before it is sent upstream (JSON: what, where, when).
+    # Set with no upstream_ref, it means a worker may have reached the upstream and died
+    # before it could write the handle: the backend's unconfirmed-submission policy decides.
+    Column("submit_intent", Text, nullable=True),
+    # The client's Idempotency-Key and a hash of its request: the same key and body return
+    # this prediction again instead of creating (and charging) another.
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=True),
     Index("ix_predictions_account_created", "account_id", "created_at"),
     Index("ix_predictions_status_lease", "status", "lease_expires_at"),
+    Index("uq_predictions_idempotency", "account_id", "idempotency_key", unique=True),
 )
 
 # Append-only: rows are inserted, never updated or deleted. ``delta`` is the entry's effect

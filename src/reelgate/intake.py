@@ -76,8 +76,10 @@ async def _check_webhook(url: Any, services: Services) -> str | None:
 
 
 async def accept(services: Services, key: KeyRecord, model: str, scene: str,
-                 body: Any, *, base_url: str,
-                 webhook: str | None = None) -> tuple[Prediction, CreateRequest]:
+                 body: Any, *, base_url: str, webhook: str | None = None,
+                 dialect: str = "v3") -> tuple[Prediction, CreateRequest]:
+    """The one door behind every dialect: ``body`` is reelgate's own create body (the v3
+    fields; other dialects translate theirs into it), ``dialect`` is recorded on the row."""
     req = validate_create(model, scene, body)
     # WaveSpeed takes the webhook as a query parameter; a body field works too.
     webhook = await _check_webhook(webhook or body.get("webhook"), services)
@@ -126,6 +128,7 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
             max_concurrent=key.max_concurrent or settings.max_concurrent,
             webhook=webhook,
             base_url=base_url,
+            dialect=dialect,
         )
     except BaseException:
         # Refused (limit, balance) or failed: nothing is stored, so keep no input files.

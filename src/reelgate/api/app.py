@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
 from reelgate import __version__, metrics
-from reelgate.api import account, admin, errors, media, models, uploads, v3, webhooks
+from reelgate.api import account, admin, dialects, errors, media, models, uploads, v3, webhooks
 from reelgate.services import Services
 from reelgate.settings import Settings
 
@@ -38,7 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(metrics.HttpMiddleware)
 
-    app.include_router(v3.router)
+    # Every dialect's routes (v3, Google native, OpenAI Videos), and its error body by path.
+    all_dialects = dialects.all_dialects()
+    dialects.register_error_bodies(all_dialects)
+    for dialect in all_dialects:
+        for router in dialect.routers:
+            app.include_router(router)
     app.include_router(models.router)
     app.include_router(account.router)
     app.include_router(admin.router)

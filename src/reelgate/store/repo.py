@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, literal, or_, select, update
+from sqlalchemy import and_, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelgate import billing
@@ -93,6 +93,7 @@ class Prediction:
     webhook: str | None = None
     base_url: str | None = None
     outputs_deleted_at: datetime | None = None
+    dialect: str = "v3"
 
     @property
     def finished(self) -> bool:
@@ -233,6 +234,7 @@ class Store:
         max_concurrent: int | None = None,
         webhook: str | None = None,
         base_url: str | None = None,
+        dialect: str = "v3",
     ) -> Prediction:
         """Store a new prediction together with its concurrency slot and its hold, in one
         transaction: either all three happen or none (ConcurrencyLimited or
@@ -255,6 +257,7 @@ class Store:
             price=price,
             webhook=webhook,
             base_url=base_url,
+            dialect=dialect,
             created_at=now,
             updated_at=now,
         )
@@ -554,3 +557,27 @@ class Store:
                 .values(outputs=[], outputs_deleted_at=now, updated_at=now)
             )
         return list(row[0] or [])
+
+    async def list_after(self, account_id: str, *, after: str | None, limit: int,
+                         ascending: bool = False) -> tuple[list[Prediction], bool] | None:
+        """A page of an account's predictions by creation time after the one with id
+        ``after`` (cursor pagination, as the OpenAI Videos list pages), and whether more
+        follow; None if ``after`` names no prediction of this account."""
+        cond = [predictions.c.account_id == account_id]
+        key = tuple_(predictions.c.created_at, predictions.c.id)
+        async with self.engine.connect() as conn:
+            if after:
+                row = (await conn.execute(
+                    select(predictions.c.created_at, predictions.c.id).where(
+                        predictions.c.id == after, predictions.c.account_id == account_id)
+                )).first()
+                if row is None:
+                    return None
+                cursor = tuple_(literal(row[0], UTCDateTime()), literal(row[1]))
+                cond.append(key > cursor if ascending else key < cursor)
+            order = ((predictions.c.created_at.asc(), predictions.c.id.asc()) if ascending
+                     else (predictions.c.created_at.desc(), predictions.c.id.desc()))
+            rows = (await conn.execute(
+                select(predictions).where(*cond).order_by(*order).limit(limit + 1)
+            )).all()
+        return [_prediction(r) for r in rows[:limit]], len(rows) > limit

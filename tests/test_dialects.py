@@ -340,3 +340,42 @@ def test_openai_json_body_with_image_url(billed: Billed) -> None:
     assert r.json()["status"] == "queued" and r.json()["seconds"] == "6"
     assert r.headers["openai-poll-after-ms"]
     assert billed.v3_item(r.json()["id"])["model"] == "google/veo3.1-fast/image-to-video"
+
+
+# --- one prediction, whatever the door: limits, SDK and CLI ----------------------------------
+
+
+def test_rate_limit_is_shared_by_every_door(billed: Billed) -> None:
+    import openai
+    from google.genai import errors
+
+    server = billed.server
+    key = server.create_key("limited")
+    out = server.cli("accounts", "set-limits", "limited", "--rate-per-minute", "2")
+    assert out.returncode == 0, out.stderr
+    with server.client(key) as v3:
+        assert v3.get("/api/v3/balance").status_code == 200  # 1st request of the minute
+    client = openai_client(billed, key=key)
+    assert client.videos.list().data == []  # 2nd
+    gclient = genai_client(billed, key=key)
+    with pytest.raises(errors.ClientError) as google_429:  # 3rd, through another door
+        gclient.models.generate_videos(model="veo-3.1-generate-preview", prompt="x")
+    assert google_429.value.code == 429 and google_429.value.status == "RESOURCE_EXHAUSTED"
+    assert "2 requests per minute" in google_429.value.message
+    with pytest.raises(openai.RateLimitError):
+        client.videos.list()
+
+
+def test_reelgate_sdk_and_cli_show_the_dialect(billed: Billed) -> None:
+    from reelgate.client import Client
+    from tests.test_cli_user import run_cli
+
+    r = billed.v3.post("/v1/videos", data={"prompt": "seen from the CLI", "seconds": "4"})
+    assert r.status_code == 200, r.text
+    video_id = r.json()["id"]
+    with Client(api_key=billed.key, base_url=billed.server.base_url) as sdk:
+        pred = sdk.get(video_id)
+    assert pred.dialect == "openai" and float(pred.cost) > 0
+    out = run_cli("predictions", "get", video_id, url=billed.server.base_url, key=billed.key)
+    assert out.returncode == 0, out.stderr
+    assert "dialect:        openai" in out.stdout

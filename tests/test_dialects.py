@@ -27,6 +27,10 @@ from PIL import Image
 from reelgate.media.video import check_video
 from tests.conftest import ServerProcess, make_image
 
+# The openai SDK warns that OpenAI's own Sora service is being retired; the Videos API shape
+# it speaks is what this dialect serves, so the warning is not about reelgate.
+pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 GENAI3_PYTHON = ROOT / ".venv-genai3" / "bin" / "python"
 

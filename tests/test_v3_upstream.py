@@ -38,11 +38,12 @@ def credited_key(server: ServerProcess, name: str = "tester", amount: str = "100
 
 
 class Upstream:
-    """A second reelgate (sandbox backend, billed) playing the v3 provider."""
+    """A second reelgate (sandbox backend, billed) playing the v3 provider; each test is a
+    reseller account of its own there, so its predictions list is the test's alone."""
 
-    def __init__(self, server: ServerProcess) -> None:
+    def __init__(self, server: ServerProcess, name: str = "reseller") -> None:
         self.server = server
-        self.key = credited_key(server, "reseller")
+        self.key = credited_key(server, name)
         self.client = server.client(self.key)
 
     def predictions(self) -> list[dict[str, Any]]:
@@ -51,14 +52,22 @@ class Upstream:
         return r.json()["data"]["items"]  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def upstream(start_server: Callable[..., ServerProcess]) -> Iterator[Upstream]:
-    up = Upstream(start_server({
+@pytest.fixture(scope="module")
+def upstream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("upstream"), {
         "REELGATE_FREE_BACKENDS": "",
         "REELGATE_SANDBOX_MAX_HEIGHT": "144",
         "REELGATE_SANDBOX_FPS": "8",
         "REELGATE_POLICY_BLOCKLIST": "forbidden thing",
-    }))
+        "REELGATE_WORKER_CONCURRENCY": "3",
+    }).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: ServerProcess, request: pytest.FixtureRequest) -> Iterator[Upstream]:
+    up = Upstream(upstream_server, f"reseller-{request.node.name[:40]}")
     yield up
     up.client.close()
 

@@ -62,6 +62,14 @@ def check_request(backend: str, req: CreateRequest, settings: Settings) -> None:
         from reelgate.backends.google import check_google_request
 
         check_google_request(req)
+    elif backend == "v3":
+        from reelgate.backends.v3_upstream import load_v3_upstream_settings
+
+        if not load_v3_upstream_settings().configured:
+            from reelgate.errors import ApiError
+
+            raise ApiError(500, "The v3 upstream backend is not configured on this server: "
+                                "set REELGATE_V3_UPSTREAM_CHANNELS.")
     elif backend == "mix":
         from reelgate.backends.mixed import check_mixed_request
 

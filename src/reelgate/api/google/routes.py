@@ -72,7 +72,8 @@ async def _prediction(request: Request, key: KeyRecord, op_id: str) -> Predictio
 
 
 @router.post("/v1beta/models/{model}:predictLongRunning",
-             summary="Google: start a video (Gemini API shape)")
+             summary="Google: start a video (Gemini API shape)",
+             openapi_extra=translate.PREDICT_OPENAPI)
 async def gemini_predict(model: str, request: Request,
                          key: KeyRecord = Depends(google_key)) -> dict[str, Any]:
     return await _create(request, model, key, name_prefix="")
@@ -106,7 +107,8 @@ async def gemini_download(rest: str, request: Request,
 # --- Vertex AI (express mode) ----------------------------------------------------------------
 
 
-@router.post(f"{_VERTEX}:predictLongRunning", summary="Google: start a video (Vertex AI shape)")
+@router.post(f"{_VERTEX}:predictLongRunning", summary="Google: start a video (Vertex AI shape)",
+             openapi_extra=translate.PREDICT_OPENAPI)
 async def vertex_predict(model: str, request: Request,
                          key: KeyRecord = Depends(google_key)) -> dict[str, Any]:
     return await _create(request, model, key, name_prefix="publishers/google/")

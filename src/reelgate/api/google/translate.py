@@ -201,3 +201,32 @@ def operation(pred: Prediction, name: str, *, video: dict[str, Any] | None,
 
 def _time(value: Any) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_IMAGE_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    "bytesBase64Encoded": {"type": "string"}, "mimeType": {"type": "string"}}}
+# The predictLongRunning body as OpenAPI shows it (the route reads the body itself, so that
+# a malformed one gets Google's error body rather than the framework's).
+PREDICT_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["instances"], "properties": {
+        "instances": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+            "type": "object", "required": ["prompt"], "properties": {
+                "prompt": {"type": "string"},
+                "image": _IMAGE_SCHEMA,
+                "lastFrame": _IMAGE_SCHEMA,
+                "referenceImages": {"type": "array", "maxItems": catalog.MAX_REFERENCE_IMAGES,
+                                    "items": {"type": "object", "properties": {
+                                        "image": _IMAGE_SCHEMA,
+                                        "referenceType": {"type": "string",
+                                                          "enum": ["asset"]}}}}}}},
+        "parameters": {"type": "object", "properties": {
+            "aspectRatio": {"type": "string", "enum": list(catalog.ASPECT_RATIOS)},
+            "resolution": {"type": "string", "enum": list(catalog.RESOLUTIONS)},
+            "durationSeconds": {"type": "integer", "enum": list(catalog.DURATIONS)},
+            "negativePrompt": {"type": "string"},
+            "seed": {"type": "integer", "minimum": 0},
+            "generateAudio": {"type": "boolean"},
+            "enhancePrompt": {"type": "boolean"},
+            "personGeneration": {"type": "string", "enum": list(PERSON_GENERATION)},
+            "sampleCount": {"type": "integer", "enum": [1]}}}}}},
+}}}

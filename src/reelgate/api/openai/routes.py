@@ -61,7 +61,8 @@ async def _form_fields(request: Request) -> dict[str, Any]:
     return fields
 
 
-@router.post("/videos", summary="OpenAI: create a video")
+@router.post("/videos", summary="OpenAI: create a video",
+             openapi_extra=translate.CREATE_OPENAPI)
 async def create_video(request: Request,
                        key: KeyRecord = Depends(require_key)) -> Response:
     services = services_of(request)

@@ -131,3 +131,25 @@ def video_object(pred: Prediction) -> dict[str, Any]:
 
 def not_offered(what: str) -> ApiError:
     return ApiError(400, f"{what} is not offered by this server's video models")
+
+
+# The create body as OpenAPI shows it (the route reads the body itself, so that a malformed
+# one gets OpenAI's error body rather than the framework's).
+_CREATE_PROPERTIES: dict[str, Any] = {
+    "prompt": {"type": "string"},
+    "model": {"type": "string", "description": "A Google model id or a catalog name "
+                                               f"(default {DEFAULT_MODEL})."},
+    "seconds": {"type": "string", "enum": [str(d) for d in catalog.DURATIONS],
+                "description": f"Default {DEFAULT_SECONDS}."},
+    "size": {"type": "string", "enum": list(SIZES), "description": f"Default {DEFAULT_SIZE}."},
+}
+CREATE_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["prompt"], "properties": {
+        **_CREATE_PROPERTIES,
+        "input_reference": {"type": "string", "format": "binary",
+                            "description": "First frame (image-to-video)."}}}},
+    "application/json": {"schema": {"type": "object", "required": ["prompt"], "properties": {
+        **_CREATE_PROPERTIES,
+        "input_reference": {"type": "object", "properties": {"image_url": {
+            "type": "string", "description": "https:// URL or data: URI"}}}}}},
+}}}

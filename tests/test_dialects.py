@@ -181,6 +181,39 @@ def test_google_content_block_reads_as_rai_filter(billed: Billed) -> None:
     assert billed.balance() == before  # refunded
 
 
+def test_google_rest_fields_map_to_the_v3_request(billed: Billed) -> None:
+    """Raw REST, every instance field: referenceImages make reference-to-video, image +
+    lastFrame first-and-last-frame; parameters keep their meaning."""
+    import base64
+
+    img = {"bytesBase64Encoded": base64.b64encode(png_bytes()).decode(),
+           "mimeType": "image/png"}
+    url = f"{billed.server.base_url}/v1beta/models/veo-3.1-generate-001:predictLongRunning"
+    headers = {"x-goog-api-key": billed.key}
+    refs = httpx.post(url, headers=headers, json={
+        "instances": [{"prompt": "the same teapot, new scene", "referenceImages": [
+            {"image": img, "referenceType": "asset"}, {"image": img, "referenceType": "asset"}]}],
+        "parameters": {"aspectRatio": "9:16", "resolution": "1080p", "durationSeconds": 8,
+                       "personGeneration": "allow_adult", "sampleCount": 1}})
+    frames = httpx.post(url, headers=headers, json={
+        "instances": [{"prompt": "from this to that", "image": img, "lastFrame": img}],
+        "parameters": {"durationSeconds": 6}})
+    assert refs.status_code == 200, refs.text
+    assert frames.status_code == 400
+    assert frames.json()["error"]["message"] == (
+        "parameters.durationSeconds: must be 8 when instances[0].lastFrame is given (got 6)")
+    item = billed.v3_item(refs.json()["name"].rsplit("/", 1)[1])
+    assert item["model"] == "google/veo3.1/reference-to-video" and item["dialect"] == "google"
+    unknown = httpx.post(url, headers=headers, json={
+        "instances": [{"prompt": "x"}], "parameters": {"storageUri": "gs://b/p"}})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["message"] == (
+        "parameters.storageUri: isn't supported by this model")
+    style = httpx.post(url, headers=headers, json={"instances": [{"prompt": "x",
+        "referenceImages": [{"image": img, "referenceType": "style"}]}]})
+    assert style.status_code == 400 and "only asset references" in style.text
+
+
 # --- Google, Vertex AI express shape (google-genai 3.x, second virtualenv) -------------------
 
 GENAI3_SCRIPT = r"""

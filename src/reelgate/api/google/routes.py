@@ -57,7 +57,8 @@ async def _create(request: Request, model: str, key: KeyRecord, *, name_prefix: 
                                       base_url=base_url(request, services), dialect="google")
     except InvalidInput as exc:
         # Name the field the way the caller sent it.
-        raise InvalidInput(translate.google_field(exc.field), exc.rule) from None
+        raise InvalidInput(translate.google_field(exc.field),
+                           translate.google_rule(exc.rule)) from None
     return {"name": f"{name_prefix}models/{model}/operations/{pred.id}"}
 
 

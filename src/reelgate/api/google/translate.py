@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from reelgate import catalog
@@ -70,6 +71,14 @@ def google_field(field: str) -> str:
     if head == "images" and bracket:
         return f"instances[0].referenceImages[{rest}"
     return FIELD_NAMES.get(field, field)
+
+
+def google_rule(rule: str) -> str:
+    """A rule's text with reelgate's snake_case field names in the client's words."""
+    for ours, theirs in FIELD_NAMES.items():
+        if "_" in ours:
+            rule = re.sub(rf"\b{ours}\b", theirs, rule)
+    return rule
 
 
 def _image(value: Any, field: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from reelgate import intake
@@ -83,8 +83,6 @@ async def create_video(request: Request,
 
 
 def _video_answer(pred: Prediction) -> Response:
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(translate.video_object(pred),
                         headers={"openai-poll-after-ms": POLL_AFTER_MS})
 

@@ -416,3 +416,68 @@ def test_reelgate_sdk_and_cli_show_the_dialect(billed: Billed) -> None:
     out = run_cli("predictions", "get", video_id, url=billed.server.base_url, key=billed.key)
     assert out.returncode == 0, out.stderr
     assert "dialect:        openai" in out.stdout
+
+
+def test_dialects_scaled_out_on_postgresql_redis_and_s3(  # type: ignore[no-untyped-def]
+        cluster, s3_endpoint: str, bucket: str, tmp_path: Path) -> None:
+    """The same doors in the scaled-out mode: PostgreSQL rows, a ``reelgate worker`` process,
+    videos in S3 (the Google download redirects to the presigned URL; Vertex's inline bytes
+    and OpenAI's thumbnail are read back from the bucket)."""
+    import base64
+
+    from google import genai
+    from google.genai import types
+
+    from tests.fake_s3 import ACCESS_KEY, REGION, SECRET_KEY
+
+    cluster.env.update({
+        "REELGATE_STORAGE_URL": f"s3://{bucket}/videos",
+        "REELGATE_S3_ENDPOINT_URL": s3_endpoint,
+        "REELGATE_S3_REGION": REGION,
+        "REELGATE_S3_ACCESS_KEY_ID": ACCESS_KEY,
+        "REELGATE_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+        "REELGATE_SANDBOX_MAX_HEIGHT": "144",
+        "REELGATE_SANDBOX_FPS": "8",
+    })
+    api = cluster.api()
+    cluster.worker()
+    key = api.create_key("scaled-dialects")
+    client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=api.base_url))
+    op = client.models.generate_videos(model="veo-3.1-fast-generate-preview",
+                                       source=types.GenerateVideosSource(prompt="scaled"),
+                                       config=types.GenerateVideosConfig(duration_seconds=4))
+    import time
+
+    deadline = time.monotonic() + 120
+    while not op.done:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+        op = client.operations.get(op)
+    out = tmp_path / "g.mp4"
+    client.files.download(file=op.response.generated_videos[0].video, destination=str(out))
+    assert check_video(out).duration_s == pytest.approx(4, abs=0.3)
+    # Vertex AI shape, raw: the finished video inline, read back from the bucket.
+    pid = op.name.rsplit("/", 1)[1]
+    r = httpx.post(f"{api.base_url}/v1beta1/publishers/google/models/veo-3.1-fast-generate-001:"
+                   "fetchPredictOperation", headers={"x-goog-api-key": key},
+                   json={"operationName": f"publishers/google/models/x/operations/{pid}"})
+    assert r.status_code == 200, r.text
+    inline = base64.b64decode(r.json()["response"]["videos"][0]["bytesBase64Encoded"])
+    assert inline == out.read_bytes()
+
+    oai = openai_client_for(api.base_url, key)
+    video = oai.videos.create_and_poll(prompt="scaled too", poll_interval_ms=300)
+    assert video.status == "completed", video.error
+    thumb = oai.videos.download_content(video.id, variant="thumbnail")
+    with Image.open(io.BytesIO(thumb.content)) as img:
+        assert img.format == "WEBP"
+    assert [v.id for v in oai.videos.list(limit=1)] == [video.id, pid]  # PostgreSQL cursor
+    with api.client(key) as v3:
+        items = v3.get("/api/v3/predictions").json()["data"]["items"]
+    assert {(i["id"], i["dialect"]) for i in items} == {(pid, "google"), (video.id, "openai")}
+
+
+def openai_client_for(base_url: str, key: str):  # type: ignore[no-untyped-def]
+    import openai
+
+    return openai.OpenAI(api_key=key, base_url=f"{base_url}/v1", max_retries=0)

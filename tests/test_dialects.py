@@ -345,6 +345,11 @@ def test_openai_sdk_errors(billed: Billed) -> None:
     with pytest.raises(openai.BadRequestError) as size:
         client.videos.create(prompt="x", size="1792x1024")
     assert "size: 1792x1024 is not a size" in size.value.message
+    with pytest.raises(openai.BadRequestError) as hd:
+        client.videos.create(prompt="x", size="1920x1080", seconds="4")
+    assert "seconds: must be 8 for size 1920x1080 (got 4)" in hd.value.message
+    full = client.videos.create(prompt="x", size="1920x1080")  # default length: 8 here
+    assert full.seconds == "8" and full.size == "1920x1080"
     with pytest.raises(openai.BadRequestError) as model:
         client.videos.create(prompt="x", model="sora-2")
     assert "'sora-2' is not offered" in model.value.message

@@ -62,9 +62,16 @@ def parse_create(fields: dict[str, Any]) -> tuple[catalog.Model, str, dict[str, 
     """The create fields (JSON, or the multipart form with the file as a data: URI) →
     (catalog model, scene, v3 create body)."""
     m = resolve_model(fields.get("model"))
+    size = str(fields.get("size") or DEFAULT_SIZE).strip().lower()
+    if size not in SIZES:
+        raise InvalidInput("size", f"{size} is not a size {m.name} can make; use one of "
+                                   f"{', '.join(SIZES)}")
+    resolution, aspect_ratio = SIZES[size]
     seconds_raw = fields.get("seconds")
     if seconds_raw is None or seconds_raw == "":
-        seconds = DEFAULT_SECONDS
+        # OpenAI's default length, unless the size only comes at full length (Veo's rule).
+        seconds = (catalog.FULL_LENGTH_S if resolution in catalog.FULL_LENGTH_ONLY_RESOLUTIONS
+                   else DEFAULT_SECONDS)
     else:
         try:
             seconds = int(str(seconds_raw).strip())
@@ -74,11 +81,9 @@ def parse_create(fields: dict[str, Any]) -> tuple[catalog.Model, str, dict[str, 
     if seconds not in catalog.DURATIONS:
         raise InvalidInput("seconds", f"{seconds} is not a length {m.name} can make; use one "
                                       f"of {', '.join(map(str, catalog.DURATIONS))}")
-    size = str(fields.get("size") or DEFAULT_SIZE).strip().lower()
-    if size not in SIZES:
-        raise InvalidInput("size", f"{size} is not a size {m.name} can make; use one of "
-                                   f"{', '.join(SIZES)}")
-    resolution, aspect_ratio = SIZES[size]
+    if resolution in catalog.FULL_LENGTH_ONLY_RESOLUTIONS and seconds != catalog.FULL_LENGTH_S:
+        raise InvalidInput("seconds", f"must be {catalog.FULL_LENGTH_S} for size {size} "
+                                      f"(got {seconds})")
     body: dict[str, Any] = {"prompt": fields.get("prompt"), "duration": seconds,
                             "resolution": resolution, "aspect_ratio": aspect_ratio}
     scene = "text-to-video"

@@ -275,14 +275,21 @@ class V3UpstreamBackend:
             except asyncio.CancelledError:
                 self.pool.release(ch.name)
                 raise
-            except httpx.HTTPError as exc:
-                # Nothing came back: if the request reached the provider it may have made
-                # a prediction we will never see; the next channel is tried regardless
-                # (the provider answered nothing we could store).
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # The request never reached the provider: another channel may take it.
                 self.pool.release(ch.name)
                 last = Failure("unavailable", 0, f"{type(exc).__name__}: {exc}")
                 self._after_failure(ch.name, last)
                 continue
+            except httpx.HTTPError as exc:
+                # Sent, but no answer: the provider may have made a prediction whose id we
+                # will never see. Asking again (here or elsewhere) could pay for it twice,
+                # so this prediction fails, unpaid, and the channel cools down.
+                self.pool.release(ch.name)
+                self._after_failure(ch.name, Failure("unavailable", 0,
+                                                     f"{type(exc).__name__}: {exc}"))
+                raise BackendError("The upstream provider did not answer the request "
+                                   f"({type(exc).__name__}). " + NOT_CHARGED) from None
             if resp.status_code == 200:
                 try:
                     upstream_id = str(resp.json()["data"]["id"])

@@ -232,6 +232,66 @@ def test_fails_over_from_a_channel_answering_429(start_server, upstream: Upstrea
         busy.close()
 
 
+class HangUp:
+    """A v3 provider that reads the create and closes the connection without answering."""
+
+    def __init__(self) -> None:
+        self.creates = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fake.creates += 1
+                self.close_connection = True  # no status line: the client sees a hang-up
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_network_errors_fail_over_only_when_nothing_was_sent(  # type: ignore[no-untyped-def]
+        start_server, upstream: Upstream, tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    hangup = HangUp()
+    try:
+        down = start_server(downstream_env(
+            # Nothing listens here: the create never left, so the next channel takes it.
+            {"name": "dead", "base_url": f"http://127.0.0.1:{free_port()}", "api_key": "k",
+             "weight": 5},
+            channel(upstream, "good")), data_dir=tmp_path / "a")
+        key = credited_key(down)
+        with down.client(key) as c:
+            pid = c.post("/api/v3/google/veo3.1-fast/text-to-video",
+                         json={"prompt": "dead channel", "duration": 4}).json()["data"]["id"]
+            assert wait_until_done(c, pid)["status"] == "completed"
+        assert len(upstream.predictions()) == 1
+
+        # Sent and never answered: it may exist upstream, so it is not sent anywhere again.
+        down2 = start_server(downstream_env(
+            {"name": "hangup", "base_url": hangup.url, "api_key": "k", "weight": 5},
+            channel(upstream, "good")), data_dir=tmp_path / "b")
+        key2 = credited_key(down2)
+        with down2.client(key2) as c:
+            before = c.get("/api/v3/balance").json()["data"]["balance"]
+            pid = c.post("/api/v3/google/veo3.1-fast/text-to-video",
+                         json={"prompt": "hang up", "duration": 4}).json()["data"]["id"]
+            done = wait_until_done(c, pid)
+            assert c.get("/api/v3/balance").json()["data"]["balance"] == before
+        assert done["status"] == "failed" and "did not answer" in done["error"], done
+        assert hangup.creates == 1 and len(upstream.predictions()) == 1
+    finally:
+        hangup.close()
+
+
 def test_content_policy_answers_fail_as_blocks_unpaid(start_server, upstream: Upstream,  # type: ignore[no-untyped-def]
                                                       tmp_path: Path) -> None:
     down = start_server(downstream_env(channel(upstream)), data_dir=tmp_path / "down")

@@ -51,6 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(media.router)
 
+    from reelgate import console
+
+    console.install(app)
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         """Alive: the process answers. Says nothing about its dependencies."""

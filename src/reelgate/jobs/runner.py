@@ -19,7 +19,7 @@ from reelgate.backends.base import Backend, BackendError, Inputs, Job
 from reelgate.jobs.notify import LocalNotifier
 from reelgate.logs import prediction_id_var
 from reelgate.media.storage import Storage
-from reelgate.media.video import InvalidVideo, check_video
+from reelgate.media.video import InvalidVideo, check_video, poster_frame
 from reelgate.settings import Settings
 from reelgate.store.repo import Prediction, Store
 
@@ -70,6 +70,10 @@ def job_from_row(
 
 def output_key(prediction_id: str) -> str:
     return f"{prediction_id[:2]}/{prediction_id}.mp4"
+
+
+def poster_key(prediction_id: str) -> str:
+    return f"{prediction_id[:2]}/{prediction_id}.jpg"
 
 
 class Runner:
@@ -136,6 +140,7 @@ class Runner:
                 info = await asyncio.to_thread(check_video, video)
                 key = output_key(pred.id)
                 await self.storage.put_file(key, video)
+                poster = await self._store_poster(pred.id, video, Path(workdir))
         except BackendError as exc:
             log.info("prediction %s failed: %s", pred.id, exc.message)
             kind = "blocked" if exc.nsfw else ("retryable" if exc.retryable else "failed")
@@ -154,12 +159,27 @@ class Runner:
             log.exception("prediction %s: internal error", pred.id)
             await self.store.fail(pred.id, owner, INTERNAL_FAILURE)
             return
-        if await self.store.complete(pred.id, owner, [key]):
+        if await self.store.complete(pred.id, owner, [key], poster):
             metrics.PREDICTIONS_ENDED.labels("completed", pred.backend).inc()
             log.info("prediction %s completed: %dx%d %.2fs %s", pred.id, info.width,
                      info.height, info.duration_s, info.video_codec)
         else:
             log.warning("prediction %s: lease lost before completion", pred.id)
+
+
+    async def _store_poster(self, prediction_id: str, video: Path, workdir: Path) -> str | None:
+        """Take a still from the video and store it beside it (the console's thumbnail).
+        A picture is a nicety: failing to make one never fails the prediction."""
+        try:
+            still = await asyncio.to_thread(poster_frame, video, workdir / "poster.jpg")
+            key = poster_key(prediction_id)
+            await self.storage.put_file(key, still)
+            return key
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("prediction %s: no poster frame", prediction_id, exc_info=True)
+            return None
 
 
 async def renew_forever(store: Store, owner: str, ttl_s: float) -> None:

@@ -29,6 +29,11 @@ __all__ = ["S3Storage", "StorageUnavailable", "build_storage", "parse_s3_url"]
 
 CONTENT_TYPE = "video/mp4"
 
+
+def content_type_of(key: str) -> str:
+    """Videos, and the JPEG poster frames stored beside them."""
+    return "image/jpeg" if key.endswith(".jpg") else CONTENT_TYPE
+
 # SigV4 presigned URLs cannot outlive a week; S3 refuses longer ones when they are used,
 # so refuse them when the server starts instead.
 MAX_PRESIGN_TTL_S = 7 * 24 * 3600
@@ -132,7 +137,7 @@ class S3Storage:
                 str(src),
                 self.bucket,
                 obj,
-                ExtraArgs={"ContentType": CONTENT_TYPE},
+                ExtraArgs={"ContentType": content_type_of(key)},
                 Config=self._transfer,
             )
         except (S3UploadFailedError, ClientError, BotoCoreError) as exc:

@@ -93,6 +93,7 @@ class Prediction:
     webhook: str | None = None
     base_url: str | None = None
     outputs_deleted_at: datetime | None = None
+    poster: str | None = None
     dialect: str = "v3"
 
     @property
@@ -107,7 +108,8 @@ class Prediction:
         return max(0, int((end - self.started_at).total_seconds() * 1000))
 
 
-_NULLABLE = ("lease_owner", "lease_expires_at", "upstream_ref", "started_at", "completed_at")
+_NULLABLE = ("lease_owner", "lease_expires_at", "upstream_ref", "started_at", "completed_at",
+             "poster")
 
 
 def _prediction(row: Any) -> Prediction:
@@ -418,8 +420,10 @@ class Store:
             )
         return result.rowcount == 1
 
-    async def complete(self, prediction_id: str, owner: str, outputs: list[str]) -> bool:
-        return await self._finish(prediction_id, owner, status=COMPLETED, outputs=outputs)
+    async def complete(self, prediction_id: str, owner: str, outputs: list[str],
+                       poster: str | None = None) -> bool:
+        return await self._finish(prediction_id, owner, status=COMPLETED, outputs=outputs,
+                                  poster=poster)
 
     async def fail(self, prediction_id: str, owner: str | None, error: str, *,
                    nsfw: bool = False) -> bool:
@@ -541,7 +545,7 @@ class Store:
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(predictions.c.outputs).where(
+                    select(predictions.c.outputs, predictions.c.poster).where(
                         predictions.c.id == prediction_id,
                         predictions.c.account_id == account_id,
                         predictions.c.status.in_(ENDED),
@@ -554,9 +558,10 @@ class Store:
             await conn.execute(
                 update(predictions)
                 .where(predictions.c.id == prediction_id)
-                .values(outputs=[], outputs_deleted_at=now, updated_at=now)
+                .values(outputs=[], poster=None, outputs_deleted_at=now, updated_at=now)
             )
-        return list(row[0] or [])
+        # The poster frame is a picture of the video: it goes with it.
+        return list(row[0] or []) + ([row[1]] if row[1] else [])
 
     async def list_after(self, account_id: str, *, after: str | None, limit: int,
                          ascending: bool = False) -> tuple[list[Prediction], bool] | None:

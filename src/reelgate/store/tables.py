@@ -126,6 +126,8 @@ predictions = Table(
     Column("webhook", Text, nullable=True),
     Column("base_url", Text, nullable=True),
     Column("outputs_deleted_at", UTCDateTime(), nullable=True),
+    # Storage key of a JPEG poster frame taken from the video when it was stored.
+    Column("poster", Text, nullable=True),
     # The API dialect the prediction was asked through: v3, google or openai.
     Column("dialect", String(16), nullable=False, server_default="v3"),
     Index("ix_predictions_account_created", "account_id", "created_at"),

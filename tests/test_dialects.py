@@ -408,7 +408,7 @@ def test_rate_limit_is_shared_by_every_door(billed: Billed) -> None:
         client.videos.list()
 
 
-def test_reelgate_sdk_and_cli_show_the_dialect(billed: Billed) -> None:
+def test_reelgate_sdk_cli_and_console_show_the_dialect(billed: Billed) -> None:
     from reelgate.client import Client
     from tests.test_cli_user import run_cli
 
@@ -421,6 +421,16 @@ def test_reelgate_sdk_and_cli_show_the_dialect(billed: Billed) -> None:
     out = run_cli("predictions", "get", video_id, url=billed.server.base_url, key=billed.key)
     assert out.returncode == 0, out.stderr
     assert "dialect:        openai" in out.stdout
+    # And in the web console's page of the prediction.
+    from tests.test_console import signed_in
+
+    console = signed_in(billed.server, billed.key)
+    try:
+        page = console.get(f"/console/p/{video_id}")
+    finally:
+        console.close()
+    assert page.status_code == 200, page.text[:300]
+    assert '<td id="dialect">openai</td>' in page.text
 
 
 def test_dialects_scaled_out_on_postgresql_redis_and_s3(  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -129,18 +130,22 @@ class Runner:
 
         tmp_root = self.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
+        workdir = ""
         try:
-            with tempfile.TemporaryDirectory(dir=tmp_root) as workdir:
-                job = job_from_row(pred, self.settings.data_dir, checkpoint)
-                started = time.perf_counter()
-                video = await backend.generate(job, Path(workdir))
-                metrics.BACKEND_LATENCY.labels(pred.backend).observe(
-                    time.perf_counter() - started
-                )
-                info = await asyncio.to_thread(check_video, video)
-                key = output_key(pred.id)
-                await self.storage.put_file(key, video)
-                poster = await self._store_poster(pred.id, video, Path(workdir))
+            # File work off the event loop (reading inputs, removing the work directory):
+            # on a busy disk it stalled every request this process was answering.
+            workdir = await asyncio.to_thread(tempfile.mkdtemp, dir=tmp_root)
+            job = await asyncio.to_thread(job_from_row, pred, self.settings.data_dir,
+                                          checkpoint)
+            started = time.perf_counter()
+            video = await backend.generate(job, Path(workdir))
+            metrics.BACKEND_LATENCY.labels(pred.backend).observe(
+                time.perf_counter() - started
+            )
+            info = await asyncio.to_thread(check_video, video)
+            key = output_key(pred.id)
+            await self.storage.put_file(key, video)
+            poster = await self._store_poster(pred.id, video, Path(workdir))
         except BackendError as exc:
             log.info("prediction %s failed: %s", pred.id, exc.message)
             kind = "blocked" if exc.nsfw else ("retryable" if exc.retryable else "failed")
@@ -159,6 +164,9 @@ class Runner:
             log.exception("prediction %s: internal error", pred.id)
             await self.store.fail(pred.id, owner, INTERNAL_FAILURE)
             return
+        finally:
+            if workdir:
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
         if await self.store.complete(pred.id, owner, [key], poster):
             metrics.PREDICTIONS_ENDED.labels("completed", pred.backend).inc()
             log.info("prediction %s completed: %dx%d %.2fs %s", pred.id, info.width,

@@ -512,6 +512,7 @@ class Store:
         until: datetime | None = None,
         page: int = 1,
         page_size: int = 20,
+        scene: str | None = None,
     ) -> tuple[list[Prediction], int]:
         """One page of an account's predictions, newest first, and the total matching."""
         cond = [predictions.c.account_id == account_id]
@@ -519,6 +520,8 @@ class Store:
             cond.append(predictions.c.status == status)
         if model:
             cond.append(predictions.c.model == model)
+        if scene:
+            cond.append(predictions.c.scene == scene)
         if since:
             cond.append(predictions.c.created_at >= since)
         if until:

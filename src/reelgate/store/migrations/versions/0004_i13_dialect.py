@@ -1,14 +1,14 @@
 """predictions.dialect: the door a prediction came in by (v3, google, openai)
 
 Revision ID: 0004_i13
-Revises: 0004_i14 (chained after main's migration when merging main)
+Revises: 0004_i16 (chained after main's migrations when merging main)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_i13"
-down_revision = "0004_i14"
+down_revision = "0004_i16"
 branch_labels = None
 depends_on = None
 

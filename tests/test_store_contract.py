@@ -162,3 +162,39 @@ async def test_stuck_and_listing(store: Store) -> None:
     assert total == 5 and [p.id for p in page] == ids[::-1][:2]
     running, n = await store.list_predictions(account_id, status="processing")
     assert n == 1 and running[0].id == ids[0]
+
+
+async def test_cursor_pages_and_dialect(store: Store) -> None:
+    """The OpenAI Videos list's cursor pages (after=<id>), on both databases; the row keeps
+    the dialect a prediction came through."""
+    account_id, key_id = await account_with_key(store)
+    other, other_key = await account_with_key(store)
+    ids = [await add(store, account_id, key_id) for _ in range(5)]
+    await add(store, other, other_key)  # another tenant's: never listed
+    pid = new_id()
+    await store.insert_prediction(
+        id=pid, account_id=account_id, key_id=key_id, model="veo3", scene="text-to-video",
+        backend="sandbox", params={"prompt": "x"}, inputs={}, dialect="openai")
+    ids.append(pid)
+    got = await store.get(pid)
+    assert got is not None and got.dialect == "openai"
+    assert (await store.get(ids[0])).dialect == "v3"  # type: ignore[union-attr]
+    # The same order as the page-numbered v3 list (newest first, ties by id).
+    newest_first = [p.id for p in (await store.list_predictions(account_id, page_size=100))[0]]
+    assert sorted(newest_first) == sorted(ids)
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await store.list_after(account_id, after=after, limit=2)
+        assert page is not None
+        items, more = page
+        seen += [p.id for p in items]
+        if not more:
+            break
+        after = items[-1].id
+    assert seen == newest_first
+    oldest_first = list(reversed(newest_first))
+    rest = await store.list_after(account_id, after=oldest_first[1], limit=10, ascending=True)
+    assert rest is not None and [p.id for p in rest[0]] == oldest_first[2:] and not rest[1]
+    assert await store.list_after(account_id, after=new_id(), limit=2) is None
+    assert await store.list_after(other, after=ids[0], limit=2) is None  # not theirs

@@ -81,3 +81,26 @@ MODELS: dict[str, Model] = {
 
 def frame_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:
     return FRAME_SIZES[(resolution, aspect_ratio)]
+
+
+# Google's own model ids (Gemini API "-preview", Vertex AI "-001") → the catalog's names, for
+# the dialects whose clients name models Google's way (Google-native, OpenAI Videos). The
+# catalog's names themselves, with or without "google/", are accepted too.
+GOOGLE_MODEL_IDS: dict[str, str] = {
+    "veo-3.1-generate-preview": "veo3.1",
+    "veo-3.1-fast-generate-preview": "veo3.1-fast",
+    "veo-3.1-generate-001": "veo3.1",
+    "veo-3.1-fast-generate-001": "veo3.1-fast",
+    "veo-3.0-generate-preview": "veo3",
+    "veo-3.0-fast-generate-preview": "veo3-fast",
+    "veo-3.0-generate-001": "veo3",
+    "veo-3.0-fast-generate-001": "veo3-fast",
+}
+
+
+def model_from_any_id(name: str) -> Model | None:
+    """The catalog model a client means by ``name`` (Google id, catalog name, or
+    "google/<name>"), or None."""
+    name = name.strip()
+    name = name.removeprefix("models/").removeprefix(f"{PROVIDER}/")
+    return MODELS.get(GOOGLE_MODEL_IDS.get(name, name))

@@ -385,6 +385,7 @@ def _print_prediction(pred: Prediction, as_json: bool) -> None:
         ("execution_time", f"{pred.execution_time_ms / 1000:.1f} s"
          if pred.execution_time_ms else ""),
         ("error", pred.error),
+        ("dialect", pred.dialect), ("cost", pred.cost),
         *(("output", u) for u in pred.outputs),
     ]
     for name, value in fields:

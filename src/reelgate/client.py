@@ -276,6 +276,9 @@ class Prediction:
     has_nsfw_contents: tuple[bool, ...] = ()
     created_at: datetime | None = None
     urls_get: str | None = None
+    # The API it was asked through (v3, google, openai) and its held or charged price.
+    dialect: str = "v3"
+    cost: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -295,6 +298,8 @@ class Prediction:
             has_nsfw_contents=tuple(bool(x) for x in data.get("has_nsfw_contents") or ()),
             created_at=_parse_time(data.get("created_at")),
             urls_get=urls.get("get") if isinstance(urls, dict) else None,
+            dialect=str(data.get("dialect") or "v3"),
+            cost=str(data.get("cost") or ""),
             raw=dict(data),
         )
 

@@ -117,7 +117,10 @@ async def _check_webhook(url: Any, services: Services) -> str | None:
 
 async def accept(services: Services, key: KeyRecord, model: str, scene: str,
                  body: Any, *, base_url: str, webhook: str | None = None,
-                 idempotency_key: str | None = None) -> tuple[Prediction, CreateRequest]:
+                 idempotency_key: str | None = None,
+                 dialect: str = "v3") -> tuple[Prediction, CreateRequest]:
+    """The one door behind every dialect: ``body`` is reelgate's own create body (the v3
+    fields; other dialects translate theirs into it), ``dialect`` is recorded on the row."""
     req = validate_create(model, scene, body)
     body_hash = None
     if idempotency_key is not None:
@@ -178,6 +181,7 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
             base_url=base_url,
             idempotency_key=idempotency_key,
             request_hash=body_hash,
+            dialect=dialect,
         )
     except BaseException:
         # Refused (limit, balance) or failed: nothing is stored, so keep no input files.

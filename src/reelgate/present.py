@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from reelgate import catalog
+from reelgate import billing, catalog
 from reelgate.errors import ApiError
 from reelgate.media.storage import Storage, TooLarge
 from reelgate.store.repo import Prediction
@@ -36,6 +36,11 @@ def prediction_data(pred: Prediction, base_url: str, storage: Storage) -> dict[s
         "timings": {"inference": ms},
         "has_nsfw_contents": nsfw,
         "created_at": pred.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        # Which API the prediction was asked through (v3, google, openai), and what it costs
+        # the caller: the held price while unfinished or once completed, 0 once refunded.
+        "dialect": pred.dialect,
+        "cost": billing.format_money(pred.price if pred.status not in (FAILED, "cancelled")
+                                     else 0),
     }
 
 

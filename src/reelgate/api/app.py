@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from reelgate import __version__, metrics
-from reelgate.api import account, admin, errors, media, models, uploads, v3, webhooks
+from reelgate.api import account, admin, dialects, errors, media, models, uploads, v3, webhooks
 from reelgate.api.body import BoundedInputMiddleware
 from reelgate.api.openapi import build as build_openapi
 from reelgate.services import Services
@@ -41,7 +41,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BoundedInputMiddleware, max_body_bytes=settings.body_limit)
     app.add_middleware(metrics.HttpMiddleware)
 
-    app.include_router(v3.router)
+    # Every dialect's routes (v3, Google native, OpenAI Videos), and its error body by path.
+    all_dialects = dialects.all_dialects()
+    dialects.register_error_bodies(all_dialects)
+    for dialect in all_dialects:
+        for router in dialect.routers:
+            app.include_router(router)
     app.include_router(models.router)
     app.include_router(account.router)
     app.include_router(admin.router)

@@ -22,10 +22,16 @@ def _secret_from_header(value: str | None) -> str | None:
 
 
 async def require_key(request: Request) -> KeyRecord:
-    services = request.app.state.services
     secret = _secret_from_header(request.headers.get("authorization"))
     if secret is None:
         raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'")
+    return await key_for_secret(request, secret)
+
+
+async def key_for_secret(request: Request, secret: str) -> KeyRecord:
+    """Everything after finding the key in the request (dialects carry it in different
+    places: Google's ``x-goog-api-key`` or ``?key=``, OpenAI's bearer header)."""
+    services = request.app.state.services
     key: KeyRecord | None = await services.store.authenticate(secret)
     if key is None:
         raise Unauthorized("Invalid API key")

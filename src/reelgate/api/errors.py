@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from reelgate.api.dialects import error_body_for
 from reelgate.errors import ApiError
 
 log = logging.getLogger("reelgate.api")
@@ -18,9 +19,10 @@ _UNION_TAGS = frozenset({"str", "int", "float", "bool", "list[str]", "none", "fu
 
 
 def error_response(status: int, message: str, type: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+                   headers: dict[str, str] | None = None, *, path: str = "") -> JSONResponse:
+    # The body is the dialect's that owns the path (v3 unless another claims it).
     return JSONResponse(
-        {"error": {"message": message, "type": type or str(status)}},
+        error_body_for(path)(status, message, type or str(status)),
         status_code=status,
         headers=headers,
     )
@@ -29,7 +31,8 @@ def error_response(status: int, message: str, type: str | None = None,
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.type, exc.headers)
+        return error_response(exc.status, exc.message, exc.type, exc.headers,
+                              path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -37,7 +40,7 @@ def install(app: FastAPI) -> None:
         # Union members add their type to the location ("amount.str"); the field is enough.
         loc = ".".join(str(p) for p in err["loc"]
                        if p not in ("body", "query", "path") and p not in _UNION_TAGS)
-        return error_response(400, f"{loc or 'body'}: {err['msg']}")
+        return error_response(400, f"{loc or 'body'}: {err['msg']}", path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -51,9 +54,10 @@ def install(app: FastAPI) -> None:
             methods = allowed_methods(request.app, request.url.path)
             if methods:
                 headers = {**(headers or {}), "Allow": ", ".join(methods)}
-        return error_response(exc.status_code, message, headers=headers)
+        return error_response(exc.status_code, message, headers=headers,
+                              path=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "Internal server error")
+        return error_response(500, "Internal server error", path=request.url.path)

@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 
 from reelgate.api.admin import require_admin
 from reelgate.api.auth import require_key
+from reelgate.api.dialects import error_body_for, v3_error_body
 from reelgate.api.schemas import ErrorBody
 
 DESCRIPTIONS = {
@@ -85,9 +86,15 @@ def build(app: FastAPI, extra_schemas: dict[str, Any]) -> dict[str, Any]:
         components.setdefault(name, sub)
     components["ErrorBody"].pop("$defs", None)
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    # Google's and OpenAI's doors answer errors in their own bodies (api/dialects.py); both
+    # are an object with an "error" object, which is all that is promised here for them.
+    foreign_error = {"application/json": {"schema": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object"}}}}}
     for route in api_routes(app.routes):
         if not route.include_in_schema:
             continue
+        own_body = error_body_for(route.path_format) is v3_error_body
         item = schema["paths"].get(route.path_format, {})
         for method in route.methods:
             op = item.get(method.lower())
@@ -97,7 +104,12 @@ def build(app: FastAPI, extra_schemas: dict[str, Any]) -> dict[str, Any]:
             responses.pop("422", None)
             for status in sorted(statuses(route)):
                 responses.setdefault(status, {"description": DESCRIPTIONS[status],
-                                              "content": error})
+                                              "content": error if own_body else foreign_error})
+            if not own_body:
+                # A route's declared error statuses too (FastAPI filled in v3's body).
+                for status, answer in responses.items():
+                    if status[0] in "45" and isinstance(answer, dict):
+                        answer["content"] = foreign_error
     # Nothing refers to FastAPI's 422 bodies any more.
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)

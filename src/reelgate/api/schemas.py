@@ -20,6 +20,8 @@ class PredictionData(BaseModel):
     timings: dict[str, int]
     has_nsfw_contents: list[bool]
     created_at: str
+    dialect: str = Field("v3", description="The API it was asked through: v3, google, openai")
+    cost: str = Field("0.000000", description="Held or charged price; 0 once refunded.")
 
 
 class PredictionEnvelope(BaseModel):

@@ -32,6 +32,19 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
         from reelgate.backends.google import GoogleBackend
 
         backends["google"] = GoogleBackend.from_settings(settings, google_settings)
+    # Another v3 provider (GPTProto, WaveSpeed, another reelgate) as an upstream.
+    from reelgate.backends.v3_upstream import V3UpstreamBackend, load_v3_upstream_settings
+
+    upstream_settings = load_v3_upstream_settings()
+    if upstream_settings.configured:
+        backends["v3"] = V3UpstreamBackend.from_settings(settings, upstream_settings)
+    # One model across several of the above, with failover (backends/mixed.py).
+    from reelgate.backends.mixed import MixedBackend, load_mix_settings
+
+    mix_settings = load_mix_settings()
+    if mix_settings.members:
+        backends["mix"] = MixedBackend(mix_settings, backends,
+                                       status_path=settings.data_dir / "mix-members.json")
     return backends
 
 
@@ -49,4 +62,16 @@ def check_request(backend: str, req: CreateRequest, settings: Settings) -> None:
         from reelgate.backends.google import check_google_request
 
         check_google_request(req)
+    elif backend == "v3":
+        from reelgate.backends.v3_upstream import load_v3_upstream_settings
+
+        if not load_v3_upstream_settings().configured:
+            from reelgate.errors import ApiError
+
+            raise ApiError(500, "The v3 upstream backend is not configured on this server: "
+                                "set REELGATE_V3_UPSTREAM_CHANNELS.")
+    elif backend == "mix":
+        from reelgate.backends.mixed import check_mixed_request
+
+        check_mixed_request(req, settings)
     return None

@@ -25,11 +25,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from reelgate.backends.google_config import ChannelConfig
+__all__ = ["ChannelPool", "ChannelState", "NoChannel", "PoolMember", "read_status_file"]
 
-__all__ = ["ChannelPool", "ChannelState", "NoChannel", "read_status_file"]
+
+class PoolMember(Protocol):
+    """What the pool needs of a channel: Google's ChannelConfig, an upstream v3 provider's
+    channel (backends/v3_upstream.py), or a whole backend in a mixed route
+    (backends/mixed.py) all fit, so one model can be served across backends."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def max_concurrency(self) -> int | None: ...
+    @property
+    def rate_per_minute(self) -> int | None: ...
+
 
 log = logging.getLogger("reelgate.google")
 
@@ -42,7 +56,7 @@ class NoChannel(Exception):
 
 @dataclass
 class ChannelState:
-    config: ChannelConfig
+    config: PoolMember
     in_flight: int = 0
     cooldown_until: float = 0.0  # monotonic
     cooldown_reason: str = ""
@@ -66,7 +80,7 @@ def _iso(ts: float) -> str:
 class ChannelPool:
     def __init__(
         self,
-        channels: Iterable[ChannelConfig],
+        channels: Iterable[PoolMember],
         *,
         status_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -171,7 +185,7 @@ class ChannelPool:
         s.failures += 1
         s.last_error = reason
         s.last_error_at = _iso(time.time())
-        log.warning("google channel %s cooling down for %.1fs: %s", name, seconds, reason)
+        log.warning("channel %s cooling down for %.1fs: %s", name, seconds, reason)
         self._publish()
 
     def note_error(self, name: str, reason: str) -> None:
@@ -200,7 +214,7 @@ class ChannelPool:
                 health = "ok"
             out.append({
                 "name": s.name,
-                "mode": s.config.mode,
+                "mode": getattr(s.config, "mode", None),
                 "health": health,
                 "in_flight": s.in_flight,
                 "cooling_until": _iso(wall + cooling) if cooling > 0 else None,

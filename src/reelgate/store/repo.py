@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, literal, or_, select, update
+from sqlalchemy import and_, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -98,6 +98,7 @@ class Prediction:
     submit_intent: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    dialect: str = "v3"
 
     @property
     def finished(self) -> bool:
@@ -257,6 +258,7 @@ class Store:
         base_url: str | None = None,
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        dialect: str = "v3",
     ) -> Prediction:
         """Store a new prediction together with its concurrency slot and its hold, in one
         transaction: either all three happen or none (ConcurrencyLimited or
@@ -272,7 +274,7 @@ class Store:
                 id=id, account_id=account_id, key_id=key_id, model=model, scene=scene,
                 backend=backend, params=params, inputs=inputs, price=price,
                 max_concurrent=max_concurrent, webhook=webhook, base_url=base_url,
-                idempotency_key=idempotency_key, request_hash=request_hash)
+                idempotency_key=idempotency_key, request_hash=request_hash, dialect=dialect)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -306,7 +308,7 @@ class Store:
         self, *, id: str, account_id: str, key_id: str, model: str, scene: str, backend: str,
         params: dict[str, Any], inputs: dict[str, Any], price: int,
         max_concurrent: int | None, webhook: str | None, base_url: str | None,
-        idempotency_key: str | None, request_hash: str | None,
+        idempotency_key: str | None, request_hash: str | None, dialect: str,
     ) -> Prediction:
         now = utcnow()
         values = dict(
@@ -328,6 +330,7 @@ class Store:
             base_url=base_url,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
+            dialect=dialect,
             created_at=now,
             updated_at=now,
         )
@@ -665,3 +668,27 @@ class Store:
             )
         # The poster frame is a picture of the video: it goes with it.
         return list(row[0] or []) + ([row[1]] if row[1] else [])
+
+    async def list_after(self, account_id: str, *, after: str | None, limit: int,
+                         ascending: bool = False) -> tuple[list[Prediction], bool] | None:
+        """A page of an account's predictions by creation time after the one with id
+        ``after`` (cursor pagination, as the OpenAI Videos list pages), and whether more
+        follow; None if ``after`` names no prediction of this account."""
+        cond = [predictions.c.account_id == account_id]
+        key = tuple_(predictions.c.created_at, predictions.c.id)
+        async with self.engine.connect() as conn:
+            if after:
+                row = (await conn.execute(
+                    select(predictions.c.created_at, predictions.c.id).where(
+                        predictions.c.id == after, predictions.c.account_id == account_id)
+                )).first()
+                if row is None:
+                    return None
+                cursor = tuple_(literal(row[0], UTCDateTime()), literal(row[1]))
+                cond.append(key > cursor if ascending else key < cursor)
+            order = ((predictions.c.created_at.asc(), predictions.c.id.asc()) if ascending
+                     else (predictions.c.created_at.desc(), predictions.c.id.desc()))
+            rows = (await conn.execute(
+                select(predictions).where(*cond).order_by(*order).limit(limit + 1)
+            )).all()
+        return [_prediction(r) for r in rows[:limit]], len(rows) > limit

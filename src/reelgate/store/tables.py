@@ -139,6 +139,8 @@ predictions = Table(
     # this prediction again instead of creating (and charging) another.
     Column("idempotency_key", String(255), nullable=True),
     Column("request_hash", String(64), nullable=True),
+    # The API dialect the prediction was asked through: v3, google or openai.
+    Column("dialect", String(16), nullable=False, server_default="v3"),
     Index("ix_predictions_account_created", "account_id", "created_at"),
     Index("ix_predictions_status_lease", "status", "lease_expires_at"),
     Index("uq_predictions_idempotency", "account_id", "idempotency_key", unique=True),

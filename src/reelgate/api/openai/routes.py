@@ -94,7 +94,8 @@ async def _get(request: Request, key: KeyRecord, video_id: str) -> Prediction:
     return pred
 
 
-@router.get("/videos", summary="OpenAI: list videos (cursor pages)")
+@router.get("/videos", summary="OpenAI: list videos (cursor pages)",
+            responses={404: {"description": "The after= video is not found"}})
 async def list_videos(
     request: Request,
     after: str | None = Query(None, description="id of the last video of the previous page"),

@@ -685,9 +685,12 @@ class SandboxBackend:
                 render_sandbox_video, job, out_path, fps=self.fps, max_height=self.max_height
             )
             return out_path
-        # The checkpoint callback is a closure over the runner: not for another process
-        # (and unused here, the sandbox has no upstream).
-        portable = dataclasses.replace(job, checkpoint=_no_upstream)
+        # The job's callbacks (checkpoint, intend, ...) are closures over the runner: not for
+        # another process, and unused here (the sandbox has no upstream). Only data crosses.
+        portable = dataclasses.replace(job, **{
+            f.name: _no_upstream for f in dataclasses.fields(job)
+            if callable(getattr(job, f.name))
+        })
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor(), _render_in_child, portable, out_path,

@@ -21,6 +21,9 @@ from reelgate.store.tables import ENDED, UNFINISHED
 
 router = APIRouter(prefix="/api/v3", responses=ERROR_RESPONSES)
 
+# Backends whose workers stop a running prediction between steps when it is cancelled.
+CANCELLABLE_WHILE_RUNNING = ("local",)
+
 
 def services_of(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
@@ -83,6 +86,30 @@ async def create_prediction(
             f"{data['urls']['get']}"
         )
     return answer
+
+
+@router.post(
+    "/local/{model}/{scene}",
+    response_model=PredictionEnvelope,
+    summary="Create a prediction on a model served from this operator's GPUs",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}
+            },
+        }
+    },
+)
+async def create_local_prediction(
+    model: str,
+    scene: str,
+    request: Request,
+    webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
+    key: KeyRecord = Depends(require_key),
+) -> dict[str, Any]:
+    # The same door as Veo: the row's model is the public path "local/<name>".
+    return await create_prediction(f"local/{model}", scene, request, webhook, key)
 
 
 async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Prediction, bool]:
@@ -176,11 +203,16 @@ async def list_predictions(
 
 
 @router.post("/predictions/{prediction_id}/cancel", response_model=PredictionEnvelope,
-             summary="Cancel a prediction that has not started")
+             summary="Cancel a prediction that has not started (or a running local one)")
 async def cancel_prediction(prediction_id: str, request: Request,
                             key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
     services = services_of(request)
     if not await services.store.cancel(prediction_id, key.account_id):
+        # A running prediction on a backend that stops between denoising steps: its worker
+        # ends it at the next step (the answer still says processing until then).
+        if await services.store.request_cancel(prediction_id, key.account_id,
+                                               CANCELLABLE_WHILE_RUNNING):
+            return await _read(prediction_id, request, key)
         pred = await services.store.get(prediction_id, account_id=key.account_id)
         if pred is None:
             raise NotFound(f"Prediction '{prediction_id}' not found")

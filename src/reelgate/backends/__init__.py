@@ -32,11 +32,20 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
         from reelgate.backends.google import GoogleBackend
 
         backends["google"] = GoogleBackend.from_settings(settings, google_settings)
+    if settings.local_models_file:
+        # Imported only when models are declared: torch and diffusers are an optional extra.
+        from reelgate.backends.local.backend import LocalBackend
+
+        backends["local"] = LocalBackend.from_settings(settings)
     return backends
 
 
 def backend_for(model: str, settings: Settings) -> str:
     """The backend a new prediction for ``model`` is routed to."""
+    from reelgate import catalog
+
+    if model in catalog.LOCAL_MODELS or model in catalog.LOCAL_ALIASES:
+        return "local"
     return settings.model_backends.get(model, settings.default_backend)
 
 
@@ -49,4 +58,8 @@ def check_request(backend: str, req: CreateRequest, settings: Settings) -> None:
         from reelgate.backends.google import check_google_request
 
         check_google_request(req)
+    elif backend == "local":
+        from reelgate.backends.local.check import check_local_request
+
+        check_local_request(req)
     return None

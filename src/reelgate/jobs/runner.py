@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from reelgate import metrics
-from reelgate.backends.base import Backend, BackendError, Inputs, Job
+from reelgate.backends.base import Backend, BackendError, Cancelled, Inputs, Job
 from reelgate.jobs.notify import LocalNotifier
 from reelgate.logs import prediction_id_var
 from reelgate.media.storage import Storage
@@ -36,7 +36,8 @@ INTERNAL_FAILURE = (
 
 
 def job_from_row(
-    pred: Prediction, data_dir: Path, checkpoint: Callable[[str], Awaitable[None]]
+    pred: Prediction, data_dir: Path, checkpoint: Callable[[str], Awaitable[None]],
+    report_progress: Callable[[int, int], Awaitable[bool]] | None = None,
 ) -> Job:
     p = pred.params
 
@@ -65,6 +66,7 @@ def job_from_row(
         inputs=inputs,
         upstream_ref=pred.upstream_ref,
         checkpoint=checkpoint,
+        **({"report_progress": report_progress} if report_progress else {}),
     )
 
 
@@ -123,11 +125,20 @@ class Runner:
                 # Our lease was taken over: stop before waiting on work another worker owns.
                 raise BackendError("lease lost", retryable=True)
 
+        async def report_progress(step: int, steps: int) -> bool:
+            metrics.GENERATION_PROGRESS.labels(pred.backend, pred.model).set(
+                step / max(1, steps))
+            cancel = await self.store.set_progress(pred.id, owner,
+                                                   {"step": step, "steps": steps})
+            if cancel is None:
+                raise BackendError("lease lost", retryable=True)
+            return cancel
+
         tmp_root = self.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         try:
             with tempfile.TemporaryDirectory(dir=tmp_root) as workdir:
-                job = job_from_row(pred, self.settings.data_dir, checkpoint)
+                job = job_from_row(pred, self.settings.data_dir, checkpoint, report_progress)
                 started = time.perf_counter()
                 video = await backend.generate(job, Path(workdir))
                 metrics.BACKEND_LATENCY.labels(pred.backend).observe(
@@ -136,6 +147,11 @@ class Runner:
                 info = await asyncio.to_thread(check_video, video)
                 key = output_key(pred.id)
                 await self.storage.put_file(key, video)
+        except Cancelled as exc:
+            log.info("prediction %s cancelled: %s", pred.id, exc.message)
+            if await self.store.cancel_running(pred.id, owner, exc.message):
+                metrics.PREDICTIONS_ENDED.labels("cancelled", pred.backend).inc()
+            return
         except BackendError as exc:
             log.info("prediction %s failed: %s", pred.id, exc.message)
             kind = "blocked" if exc.nsfw else ("retryable" if exc.retryable else "failed")

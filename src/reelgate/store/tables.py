@@ -126,6 +126,10 @@ predictions = Table(
     Column("webhook", Text, nullable=True),
     Column("base_url", Text, nullable=True),
     Column("outputs_deleted_at", UTCDateTime(), nullable=True),
+    # Denoising progress reported by a local worker: {"step": i, "steps": n}.
+    Column("progress", JSON, nullable=True),
+    # The user asked to stop a running prediction; its worker ends it between two steps.
+    Column("cancel_requested_at", UTCDateTime(), nullable=True),
     Index("ix_predictions_account_created", "account_id", "created_at"),
     Index("ix_predictions_status_lease", "status", "lease_expires_at"),
 )

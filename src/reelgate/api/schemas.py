@@ -9,6 +9,12 @@ class Urls(BaseModel):
     get: str = Field(description="Absolute URL to read this prediction.")
 
 
+class Progress(BaseModel):
+    step: int = Field(description="Denoising steps done.")
+    steps: int = Field(description="Denoising steps in all.")
+    percent: float
+
+
 class PredictionData(BaseModel):
     id: str
     model: str = Field(description='e.g. "google/veo3.1-fast/text-to-video"')
@@ -20,6 +26,9 @@ class PredictionData(BaseModel):
     timings: dict[str, int]
     has_nsfw_contents: list[bool]
     created_at: str
+    progress: Progress | None = Field(
+        None, description="Local backend only: step i of n while it denoises (absent "
+        "for other backends).")
 
 
 class PredictionEnvelope(BaseModel):

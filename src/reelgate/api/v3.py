@@ -50,6 +50,7 @@ async def _json_body(request: Request) -> Any:
 @router.post(
     "/google/{model}/{scene}",
     response_model=PredictionEnvelope,
+    response_model_exclude_unset=True,
     summary="Create a prediction",
     openapi_extra={
         "requestBody": {
@@ -91,6 +92,7 @@ async def create_prediction(
 @router.post(
     "/local/{model}/{scene}",
     response_model=PredictionEnvelope,
+    response_model_exclude_unset=True,
     summary="Create a prediction on a model served from this operator's GPUs",
     openapi_extra={
         "requestBody": {
@@ -145,6 +147,7 @@ async def _read(prediction_id: str, request: Request, key: KeyRecord) -> dict[st
 @router.get(
     "/predictions/{prediction_id}/result",
     response_model=PredictionEnvelope,
+    response_model_exclude_unset=True,
     summary="Read a prediction (Query Result)",
 )
 async def get_result(
@@ -154,7 +157,8 @@ async def get_result(
 
 
 @router.get(
-    "/predictions/{prediction_id}", response_model=PredictionEnvelope, summary="Read a prediction"
+    "/predictions/{prediction_id}", response_model=PredictionEnvelope,
+    response_model_exclude_unset=True, summary="Read a prediction"
 )
 async def get_prediction(
     prediction_id: str, request: Request, key: KeyRecord = Depends(require_key)
@@ -203,6 +207,7 @@ async def list_predictions(
 
 
 @router.post("/predictions/{prediction_id}/cancel", response_model=PredictionEnvelope,
+             response_model_exclude_unset=True,
              summary="Cancel a prediction that has not started (or a running local one)")
 async def cancel_prediction(prediction_id: str, request: Request,
                             key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
@@ -223,6 +228,7 @@ async def cancel_prediction(prediction_id: str, request: Request,
 
 
 @router.delete("/predictions/{prediction_id}/outputs", response_model=PredictionEnvelope,
+               response_model_exclude_unset=True,
                summary="Delete a prediction's stored videos")
 async def delete_outputs(prediction_id: str, request: Request,
                          key: KeyRecord = Depends(require_key)) -> dict[str, Any]:

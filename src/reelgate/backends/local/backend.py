@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import random
 import threading
@@ -204,19 +203,34 @@ class LocalBackend:
         seed = job.seed if job.seed is not None else random.randrange(2**32)
 
         loop = asyncio.get_running_loop()
-        steps: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
         stop = threading.Event()
+        lost: list[BackendError] = []
 
         def on_step(step: int, total: int) -> None:
             # Called in the GPU thread: hand the numbers over, never wait on the loop.
             loop.call_soon_threadsafe(steps.put_nowait, (step, total))
 
         async def relay() -> None:
-            while True:
-                step, total = await steps.get()
+            done = False
+            while not done:
+                item = await steps.get()
+                latest = item
                 while not steps.empty():  # only the latest matters
-                    step, total = steps.get_nowait()
-                if await job.report_progress(step, total):
+                    nxt = steps.get_nowait()
+                    if nxt is None:
+                        done = True
+                    else:
+                        latest = nxt
+                if item is None:
+                    done = True
+                if latest is None:
+                    continue
+                try:
+                    if await job.report_progress(*latest):
+                        stop.set()
+                except BackendError as exc:  # lease lost: stop working for nobody
+                    lost.append(exc)
                     stop.set()
 
         relay_task = asyncio.create_task(relay())
@@ -224,9 +238,14 @@ class LocalBackend:
             result = await loop.run_in_executor(
                 self._executor, self._run, m, job.scene, call, seed, on_step, stop)
         finally:
-            relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, BackendError):
-                await relay_task
+            # Let the relay write the last step it was given, then end.
+            steps.put_nowait(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(relay_task), 10)
+            except (TimeoutError, asyncio.CancelledError):
+                relay_task.cancel()
+        if lost:
+            raise lost[0]
         if result is None:
             raise Cancelled("Cancelled by the user while it was running; you were not "
                             "charged.")

@@ -54,12 +54,14 @@ SITECUSTOMIZE = textwrap.dedent('''
 
 def models_toml(weights: dict[str, dict[str, Path]]) -> str:
     wan, ltx = weights["wan"], weights["ltx"]
+    by_scene = ", ".join(f'"{scene}" = "{wan[scene]}"'
+                         for scene in ("image-to-video", "reference-to-video"))
     return textwrap.dedent(f"""
         [[models]]
         name = "wan-tiny"
         family = "wan"
         weights = "{wan['text-to-video']}"
-        weights_by_scene = {{ "image-to-video" = "{wan['image-to-video']}", "reference-to-video" = "{wan['reference-to-video']}" }}
+        weights_by_scene = {{ {by_scene} }}
         dtype = "float32"
         fps = {FPS}
         sizes = {{ "720p" = [{WAN[0]}, {WAN[1]}] }}

@@ -53,7 +53,7 @@ SITECUSTOMIZE = textwrap.dedent('''
 
 
 def models_toml(weights: dict[str, dict[str, Path]]) -> str:
-    wan, ltx = weights["wan"], weights["ltx"]
+    wan, ltx, ltx2 = weights["wan"], weights["ltx"], weights["ltx2"]
     by_scene = ", ".join(f'"{scene}" = "{wan[scene]}"'
                          for scene in ("image-to-video", "reference-to-video"))
     return textwrap.dedent(f"""
@@ -89,16 +89,28 @@ def models_toml(weights: dict[str, dict[str, Path]]) -> str:
         steps = 2
         guidance = 3.0
         price_per_second = 0.01
+
+        [[models]]
+        name = "ltx2-tiny"
+        family = "ltx2"
+        weights = "{ltx2['text-to-video']}"
+        dtype = "float32"
+        fps = {FPS}
+        sizes = {{ "720p" = [{LTX[0]}, {LTX[1]}] }}
+        steps = 2
+        guidance = 3.0
+        max_sequence_length = 16
+        price_per_second = 0.01
     """)
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
-    from reelgate.backends.local.tiny import build_ltx, build_wan
+    from reelgate.backends.local.tiny import build_ltx, build_ltx2, build_wan
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("weights")
-    return {"wan": build_wan(root), "ltx": build_ltx(root)}
+    return {"wan": build_wan(root), "ltx": build_ltx(root), "ltx2": build_ltx2(root)}
 
 
 def local_server(tmp: Path, weights: dict[str, dict[str, Path]],
@@ -198,6 +210,10 @@ SCENES = [
      {"images": [png((30, 200, 30)), png((200, 200, 30))], "duration": 8}, 8, "16:9"),
     ("ltx-tiny", "text-to-video", {"duration": 6}, 6, "16:9"),
     ("ltx-tiny", "image-to-video", {"image": png((30, 30, 200))}, 4, "16:9"),
+    ("ltx2-tiny", "text-to-video", {}, 4, "16:9"),
+    ("ltx2-tiny", "image-to-video",
+     {"image": png((30, 200, 200)), "aspect_ratio": "9:16"}, 6, "9:16"),
+    ("ltx2-tiny", "text-to-video", {"generate_audio": False}, 4, "16:9"),
 ]
 
 
@@ -210,13 +226,15 @@ def test_every_scene_of_every_family(srv: ServerProcess, tmp_path: Path) -> None
         body.setdefault("duration", duration)
         ids.append(create(c, f"/api/v3/local/{model}/{scene}", body))
     spent = 0
-    for pid, (model, scene, _, duration, aspect) in zip(ids, SCENES, strict=True):
+    for pid, (model, scene, extra, duration, aspect) in zip(ids, SCENES, strict=True):
         data = wait_end(c, pid)
         assert data["model"] == f"local/{model}/{scene}"
         path, frames = video_of(c, data, tmp_path)
         size = WAN if model.startswith("wan") else LTX
+        # LTX-2 makes sound, muxed into the MP4, unless the request says generate_audio=false.
+        audio = model.startswith("ltx2") and extra.get("generate_audio", True)
         check_shape(path, frames, size if aspect == "16:9" else size[::-1], duration,
-                    audio=False)
+                    audio=audio)
         assert data["progress"] == {"step": 2, "steps": 2, "percent": 100.0}
         spent += 10_000 * duration
     # Each completed video is charged at the model's price (0.01 per second).

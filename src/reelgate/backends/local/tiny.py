@@ -128,3 +128,78 @@ def build_ltx(root: Path, seed: int = 0, layers: int = 1) -> dict[str, Path]:
                 text_encoder=_t5_encoder(umt5=False), tokenizer=tokenizer(),
                 transformer=transformer).save_pretrained(out)
     return {"text-to-video": out, "image-to-video": out}
+
+
+def _gemma3(hidden: int = 32, layers: int = 2) -> Any:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    config = Gemma3Config(
+        text_config=dict(vocab_size=64, hidden_size=hidden, intermediate_size=37,
+                         num_hidden_layers=layers, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                         sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=3, eoi_token_index=4, image_token_index=5)
+    return Gemma3ForConditionalGeneration(config).eval()
+
+
+def build_ltx2(root: Path, seed: int = 0, layers: int = 2) -> dict[str, Path]:
+    """LTX-2 (video with audio): one set of weights for LTX2Pipeline and
+    LTX2ImageToVideoPipeline — Gemma 3 text encoder, text connectors, video and audio VAEs,
+    the audio-video transformer and the vocoder."""
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2Pipeline,
+        LTX2VideoTransformer3DModel,
+    )
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    _seed(seed)
+    text_encoder = _gemma3()
+    hidden = text_encoder.config.text_config.hidden_size
+    transformer = LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+        attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4,
+        audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=4,
+        audio_cross_attention_dim=8, num_layers=layers, qk_norm="rms_norm_across_heads",
+        caption_channels=hidden, rope_double_precision=False, rope_type="split")
+    connectors = LTX2TextConnectors(
+        caption_channels=hidden,
+        text_proj_in_factor=text_encoder.config.text_config.num_hidden_layers + 1,
+        video_connector_num_attention_heads=4, video_connector_attention_head_dim=8,
+        video_connector_num_layers=1, video_connector_num_learnable_registers=None,
+        audio_connector_num_attention_heads=4, audio_connector_attention_head_dim=8,
+        audio_connector_num_layers=1, audio_connector_num_learnable_registers=None,
+        connector_rope_base_seq_len=32, rope_theta=10000.0, rope_double_precision=False,
+        causal_temporal_positioning=False, rope_type="split")
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+        decoder_block_out_channels=(8,), layers_per_block=(1,),
+        decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,),
+        decoder_spatio_temporal_scaling=(True,), decoder_inject_noise=(False, False),
+        downsample_type=("spatial",), upsample_residual=(False,), upsample_factor=(1,),
+        timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True,
+        decoder_causal=False)
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1,
+        attn_resolutions=None, in_channels=2, resolution=32, latent_channels=2,
+        norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160,
+        is_causal=True, mel_bins=8)
+    vocoder = LTX2Vocoder(
+        # Upsampling 8 x 4 x 5 = the mel hop (160): a full-length waveform, as the real one.
+        in_channels=2 * 8, hidden_channels=32, out_channels=2,
+        upsample_kernel_sizes=[16, 8, 10], upsample_factors=[8, 4, 5],
+        resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
+        leaky_relu_negative_slope=0.1, output_sampling_rate=16000)
+    out = root / "ltx2"
+    LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae,
+                 text_encoder=text_encoder, tokenizer=tokenizer(), connectors=connectors,
+                 transformer=transformer, vocoder=vocoder).save_pretrained(out)
+    return {"text-to-video": out, "image-to-video": out}

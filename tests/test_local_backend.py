@@ -80,6 +80,17 @@ def models_toml(weights: dict[str, dict[str, Path]]) -> str:
         price_per_second = 0.01
 
         [[models]]
+        name = "wan-mid"
+        family = "wan"
+        weights = "{wan['text-to-video']}"
+        dtype = "float32"
+        fps = {FPS}
+        sizes = {{ "720p" = [{WAN[0]}, {WAN[1]}] }}
+        steps = 40
+        cache = "first_block"
+        cache_threshold = 0.05
+
+        [[models]]
         name = "ltx-tiny"
         family = "ltx"
         weights = "{ltx['text-to-video']}"
@@ -319,3 +330,32 @@ def test_killed_worker_prediction_is_picked_up_again(tmp_path: Path, weights,  #
             assert len(frames) == 8 * FPS  # the default duration
     finally:
         second.stop()
+
+
+def test_cli_shows_denoising_progress(srv: ServerProcess, tmp_path: Path) -> None:
+    """`reelgate generate --model local/<name>` fills its progress with the steps (one
+    line per change when stderr is not a terminal). This model also runs with diffusers'
+    First Block Cache hook enabled."""
+    import re
+    import subprocess
+    import sys
+
+    _, c = funded(srv, "cli")
+    key = c.headers["Authorization"].removeprefix("Bearer ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELGATE_")}
+    env |= {"REELGATE_BASE_URL": srv.base_url, "REELGATE_API_KEY": key,
+            "XDG_CONFIG_HOME": str(tmp_path / ".no-config")}
+    out = subprocess.run(
+        [sys.executable, "-m", "reelgate.cli", "generate", "a small car", "--model",
+         "local/wan-mid", "-d", "4", "-o", str(tmp_path / "car.mp4"), "--poll-interval",
+         "0.05"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    steps = [int(m) for m in re.findall(r"step (\d+)/40", out.stderr)]
+    assert len(steps) >= 2 and steps == sorted(steps) and steps[-1] == 40, out.stderr
+    check_shape(tmp_path / "car.mp4", video_of_file(tmp_path / "car.mp4"), WAN, 4,
+                audio=False)
+
+
+def video_of_file(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as f:
+        return [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]

@@ -286,9 +286,10 @@ def redis_url() -> Iterator[str]:
 class WorkerProcess:
     """``reelgate worker`` in its own process (scaled-out mode)."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.env = env
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"worker-{id(self)}.log"
 
@@ -297,7 +298,7 @@ class WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reelgate.cli", "worker", "--log-level",
-             os.environ.get("REELGATE_TEST_WORKER_LOG", "info")],
+             os.environ.get("REELGATE_TEST_WORKER_LOG", "info"), *self.args],
             env=self.env, stdout=log, stderr=log,
         )
         return self
@@ -333,9 +334,10 @@ def cluster(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-unt
             started.append(srv)
             return srv
 
-        def worker(self, extra: dict[str, str] | None = None) -> WorkerProcess:
+        def worker(self, extra: dict[str, str] | None = None,
+                   args: tuple[str, ...] = ()) -> WorkerProcess:
             base = ServerProcess(data_dir, {**self.env, **(extra or {})}).env
-            w = WorkerProcess(data_dir, base).start()
+            w = WorkerProcess(data_dir, base, args).start()
             started.append(w)
             return w
 

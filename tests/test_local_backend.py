@@ -359,3 +359,61 @@ def test_cli_shows_denoising_progress(srv: ServerProcess, tmp_path: Path) -> Non
 def video_of_file(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as f:
         return [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
+
+
+def test_local_check_loads_each_model_and_says_what_is_missing(weights,  # type: ignore[no-untyped-def]
+                                                                tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    toml = models_toml(weights) + textwrap.dedent(f"""
+        [[models]]
+        name = "not-downloaded"
+        family = "wan"
+        weights = "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+        sizes = {{ "720p" = [1280, 704] }}
+
+        [[models]]
+        name = "wrong-dir"
+        family = "ltx"
+        weights = "{tmp_path / 'nothing-here'}"
+        sizes = {{ "720p" = [768, 512] }}
+    """)
+    (tmp_path / "models.toml").write_text(toml)
+    env = {**os.environ, "REELGATE_LOCAL_MODELS_FILE": str(tmp_path / "models.toml"),
+           "REELGATE_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "250",
+           "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-m", "reelgate.cli", "local", "check", "--device",
+                          "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+
+    def row(model: str, scene: str) -> str:
+        return next(x for x in lines if f"local/{model} " in x and scene in x)
+
+    for scene in ("text-to-video", "image-to-video", "reference-to-video"):
+        assert " ok " in row("wan-tiny", scene)
+    assert "ok" in row("ltx2-tiny", "image-to-video")
+    assert "missing" in row("not-downloaded", "text-to-video")
+    assert "missing" in row("wrong-dir", "image-to-video")
+    # Nothing was fetched from the network.
+    assert not list((tmp_path / "hf").rglob("*.safetensors"))
+
+
+def test_gpu_worker_process_on_the_redis_queue(cluster, weights,  # type: ignore[no-untyped-def]
+                                               tmp_path: Path) -> None:
+    """`reelgate worker --backend local --device cpu` (cuda:N on a GPU machine) takes the
+    local backend's queue; the API process never loads torch."""
+    (tmp_path / "models.toml").write_text(models_toml(weights))
+    extra = {"REELGATE_LOCAL_MODELS_FILE": str(tmp_path / "models.toml"),
+             "REELGATE_LOCAL_TORCH_THREADS": "1", "REELGATE_ADMIN_TOKEN": ADMIN}
+    api = cluster.api(extra)
+    worker = cluster.worker(extra, args=("--backend", "local", "--device", "cpu"))
+    _, c = funded(api, "gpu")
+    pid = create(c, "/api/v3/local/ltx2-tiny/text-to-video", {"prompt": "rain on the sea"})
+    data = wait_end(c, pid, timeout=300)
+    path, frames = video_of(c, data, tmp_path)
+    check_shape(path, frames, LTX, 8, audio=True)
+    log = worker.log_path.read_text()
+    assert "worker started: backends local" in log
+    assert "loaded LTX2Pipeline" in log  # preloaded at start, kept warm

@@ -417,3 +417,18 @@ def test_gpu_worker_process_on_the_redis_queue(cluster, weights,  # type: ignore
     log = worker.log_path.read_text()
     assert "worker started: backends local" in log
     assert "loaded LTX2Pipeline" in log  # preloaded at start, kept warm
+
+
+def test_wavespeed_sdk_runs_a_local_model(srv: ServerProcess, tmp_path: Path) -> None:
+    """The official WaveSpeed SDK, unchanged, reads a local model as
+    local/<name>/<scene>."""
+    import wavespeed
+
+    _, c = funded(srv, "sdk")
+    key = c.headers["Authorization"].removeprefix("Bearer ")
+    client = wavespeed.Client(api_key=key, base_url=srv.base_url, max_retries=0)
+    out = client.run("local/ltx2-tiny/text-to-video", {"prompt": "waves", "duration": 4},
+                     poll_interval=0.2, timeout=300)
+    path = tmp_path / "sdk.mp4"
+    path.write_bytes(httpx.get(out["outputs"][0], timeout=60).content)
+    check_shape(path, video_of_file(path), LTX, 4, audio=True)

@@ -104,6 +104,10 @@ def test_refusals_at_intake_store_nothing(local_api) -> None:  # type: ignore[no
     assert r.status_code in (400, 404), r.text
     _refused(c, "/api/v3/local/ltx2-test/text-to-video",
              {"prompt": "a cat", "resolution": "1080p"}, "resolution")
+    # LTX conditions on a first frame only.
+    _refused(c, "/api/v3/local/ltx-test/image-to-video",
+             {"prompt": "a cat", "image": "https://example.com/a.png",
+              "last_image": "https://example.com/b.png", "duration": 8}, "last_image")
     # The alias inherits the refusals of the model that serves it.
     _refused(c, "/api/v3/google/veo3.1-fast/text-to-video",
              {"prompt": "a cat", "generate_audio": True}, "generate_audio")

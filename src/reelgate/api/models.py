@@ -34,8 +34,6 @@ def _google_upstream(name: str) -> dict[str, Any]:
 
 
 def _local_row(m: catalog.Model) -> dict[str, Any]:
-    from reelgate.backends.local.config import FAMILY_LAST_FRAME
-
     lm = m.local
     return {
         "model": m.public_id,
@@ -49,7 +47,7 @@ def _local_row(m: catalog.Model) -> dict[str, Any]:
         "family": lm.family,
         "capabilities": {
             "audio": lm.audio,
-            "last_image": FAMILY_LAST_FRAME[lm.family],
+            "last_image": lm.takes_last_frame,
             "fps": lm.fps,
             "frame_sizes": {r: list(wh) for r, wh in lm.sizes.items()},
             "default_steps": lm.steps,

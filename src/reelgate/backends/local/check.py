@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from reelgate import catalog
-from reelgate.backends.local.config import FAMILY_LAST_FRAME
 from reelgate.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -27,5 +26,5 @@ def check_local_request(req: CreateRequest) -> None:
     if m.resolve_resolution(req.output_resolution) is None:
         raise InvalidInput("resolution", f"{req.output_resolution} is not offered by {where}; "
                            f"it offers {', '.join(m.sizes)}")
-    if req.last_image is not None and not FAMILY_LAST_FRAME[m.family]:
+    if req.last_image is not None and not m.takes_last_frame:
         raise InvalidInput("last_image", f"{where} takes no last frame")

@@ -56,6 +56,9 @@ class LocalModelConfig(BaseModel):
     # {"image-to-video": {"expand_timesteps": true}} for Wan 2.2 TI2V).
     pipeline_kwargs: dict[str, dict[str, object]] = Field(default_factory=dict)
     scenes: list[str] | None = None
+    # Whether image-to-video takes a last frame; default: the family's (Wan yes). Wan 2.2
+    # TI2V-5B conditions on the first frame only (expand_timesteps), so declare false.
+    last_frame: bool | None = None
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     fps: int = Field(16, ge=1, le=60)
     sizes: dict[str, tuple[int, int]] = Field(default_factory=lambda: {"720p": (1280, 704)})
@@ -96,6 +99,10 @@ class LocalModelConfig(BaseModel):
     @property
     def audio(self) -> bool:
         return FAMILY_AUDIO[self.family]
+
+    @property
+    def takes_last_frame(self) -> bool:
+        return FAMILY_LAST_FRAME[self.family] if self.last_frame is None else self.last_frame
 
     @property
     def price_micros(self) -> int:

@@ -84,6 +84,10 @@ def test_models_lists_local_models_with_backend_and_capabilities(local_api) -> N
     assert rows["google/veo3.1-fast"]["backend"] == "local"
     assert rows["google/veo3.1-fast"]["served_by"] == "local/wan-test"
     assert rows["google/veo3"]["backend"] == "sandbox"
+    # The operator's price per second is what callers read for the local model.
+    prices = c.get("/api/v3/prices").json()["data"]["prices"]
+    wan_price = [p for p in prices if p["model"] == "local/wan-test"]
+    assert [(p["resolution"], p["per_second"]) for p in wan_price] == [("720p", "0.010000")]
 
 
 def _refused(c, path: str, body: dict, field: str) -> None:  # type: ignore[no-untyped-def]

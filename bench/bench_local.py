@@ -60,7 +60,7 @@ def raw_runs(args: argparse.Namespace, weights: Path, frames: int) -> list[dict[
     from reelgate.backends.local.families import PIPELINES
 
     cls = getattr(diffusers, PIPELINES[args.family]["text-to-video"])
-    pipe = cls.from_pretrained(weights, torch_dtype=getattr(torch, args.dtype),
+    pipe = cls.from_pretrained(weights, dtype=getattr(torch, args.dtype),
                                local_files_only=True).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     kw = dict(prompt=args.prompt, width=args.width, height=args.height, num_frames=frames,

@@ -97,7 +97,7 @@ class PipelineCache:
             pipe = cls.from_pipe(sibling, **extra)
         else:
             pipe = cls.from_pretrained(
-                weights, torch_dtype=torch_dtype(m.dtype),
+                weights, dtype=torch_dtype(m.dtype),
                 # Never download at request time: the operator fetched the weights.
                 local_files_only=True, **extra,
             )
@@ -270,11 +270,6 @@ class LocalBackend:
              on_step: Any, stop: threading.Event) -> Generated | None:
         """The generation itself, in the GPU thread. None means: stopped by a cancel."""
         torch = _torch()
-        try:
-            pipe = self.cache.get(m, scene)
-        except OSError as exc:
-            raise BackendError(f"Model {m.path} could not be loaded on this worker: "
-                               f"{exc}") from None
         total = m.steps
         marks: dict[str, float] = {}
 
@@ -289,17 +284,25 @@ class LocalBackend:
 
         # A CPU generator: the same seed gives the same noise on any device.
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        started = time.perf_counter()
+        out_of_memory = False
         try:
+            pipe = self.cache.get(m, scene)  # loaded once, then warm
+            started = time.perf_counter()
             with torch.inference_mode():
                 output = pipe(**call.kwargs, generator=generator, output_type="np",
                               callback_on_step_end=callback, return_dict=True)
         except _Stop:
             return None
         except torch.OutOfMemoryError:
+            # Freed after this block: the exception's traceback still holds the tensors.
+            out_of_memory = True
+        except OSError as exc:
+            raise BackendError(f"Model {m.path} could not be loaded on this worker: "
+                               f"{exc}") from None
+        if out_of_memory:
             log.error("out of memory on %s running %s", self.device, m.path)
             self._free_memory()
-            raise BackendError(OOM_MESSAGE) from None
+            raise BackendError(OOM_MESSAGE)
         finished = time.perf_counter()
         denoised = marks.get("denoised", finished)
         # Seconds per step between the first and the last step (text encoding and the

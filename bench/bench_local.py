@@ -110,6 +110,8 @@ def reelgate_runs(args: argparse.Namespace, weights: Path, tmp: Path) -> list[di
         "REELGATE_LOCAL_MODELS_FILE": str(models), "REELGATE_LOCAL_DEVICE": args.device,
         "REELGATE_LOCAL_TORCH_THREADS": str(args.threads), "REELGATE_ADMIN_TOKEN": ADMIN,
         "REELGATE_WORKER_CONCURRENCY": "1",
+        # The bench polls every 20 ms; the default per-key limit (600/min) would answer 429.
+        "REELGATE_RATE_PER_MINUTE": "1000000",
     }, start_timeout=180).start()
     try:
         with httpx.Client(base_url=srv.base_url, timeout=60,

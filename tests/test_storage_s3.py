@@ -24,7 +24,7 @@ import pytest
 from reelgate.backends.base import Job
 from reelgate.backends.sandbox import render_sandbox_video
 from reelgate.media.s3 import S3Storage, StorageUnavailable, build_storage, parse_s3_url
-from reelgate.media.storage import LocalStorage, Storage, UrlSigner
+from reelgate.media.storage import LocalStorage, Storage, TooLarge, UrlSigner
 from reelgate.media.video import check_video, encode_mp4
 
 from .conftest import free_port
@@ -158,6 +158,20 @@ class TestStorageContract:
         assert harness.fetch(url)[0] == 404
         await harness.storage.delete("ef/gone.mp4")  # no error the second time
         await harness.storage.delete("ef/never-was.mp4")
+
+    async def test_read_bytes_is_the_object_within_a_limit(
+        self, harness: Harness, video: Path
+    ) -> None:
+        # What enable_base64_output answers carry: the whole object, never one over the
+        # caller's limit (refused before reading), and a missing one says so.
+        await harness.storage.put_file("gh/inline.mp4", video)
+        size = video.stat().st_size
+        assert await harness.storage.read_bytes("gh/inline.mp4", size) == video.read_bytes()
+        with pytest.raises(TooLarge) as info:
+            await harness.storage.read_bytes("gh/inline.mp4", size - 1)
+        assert (info.value.size, info.value.limit) == (size, size - 1)
+        with pytest.raises(FileNotFoundError):
+            await harness.storage.read_bytes("gh/missing.mp4", size)
 
     @pytest.mark.parametrize("key", ["", "/abs.mp4", "../up.mp4", "a/../b.mp4", "a//b.mp4"])
     async def test_unsafe_keys_are_refused(

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, object] = {
     "enhance_prompt": True,
     "enable_upsample": False,
     "enable_sync_mode": False,
+    "enable_base64_output": False,
     "generate_audio": True,
 }
 

@@ -285,6 +285,26 @@ def accounts_set_limits(
     )
 
 
+@accounts_app.command("webhook-scheme")
+def accounts_webhook_scheme(
+    account: str = typer.Argument(..., help="Account id or name."),
+    scheme: str = typer.Argument(
+        ..., help="wavespeed (v3,<hex>: WaveSpeed's form, the v3 default), standard (Standard "
+        "Webhooks v1,<base64>) or default."
+    ),
+) -> None:
+    """Choose how the account's webhooks are signed."""
+    from reelgate.api.admin import parse_webhook_scheme
+
+    async def go(admin: AdminStore) -> dict[str, Any]:
+        return await admin.set_webhook_scheme(
+            await admin.resolve_account(account), parse_webhook_scheme(scheme)
+        )
+
+    row = _admin(go)
+    typer.echo(row["webhook_scheme"] or "default")
+
+
 @accounts_app.command("ledger")
 def accounts_ledger(
     account: str = typer.Argument(..., help="Account id or name."),

@@ -17,6 +17,7 @@ subclasses). This module imports nothing of the server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import mimetypes
 import os
@@ -33,6 +34,7 @@ import httpx
 
 from reelgate import __version__
 from reelgate.client_config import resolve
+from reelgate.webhook_verify import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "APIConnectionError",
@@ -51,6 +53,8 @@ __all__ = [
     "ReelgateError",
     "ServerError",
     "WaitTimeout",
+    "WebhookVerificationError",
+    "verify_webhook",
 ]
 
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
@@ -489,6 +493,22 @@ def _output_of(pred: Prediction, index: int) -> str:
         ) from None
 
 
+def _is_inline(output: str) -> bool:
+    """An output given as base64 (enable_base64_output) rather than as a URL."""
+    return "://" not in output
+
+
+def _write_inline(output: str, target: Path) -> Path:
+    part = target.with_name(target.name + ".part")
+    try:
+        part.write_bytes(base64.b64decode(output, validate=True))
+    except (ValueError, OSError):
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, target)
+    return target
+
+
 class _Base:
     """What both clients share: settings, and which requests carry the key."""
 
@@ -702,6 +722,8 @@ class Client(_Base):
         that name inside it. The file appears only once it is complete."""
         url, pid = self._resolve_output(prediction_or_url, index)
         target = _download_target(path, pid)
+        if _is_inline(url):
+            return _write_inline(url, target)
         part = target.with_name(target.name + ".part")
         try:
             with self._http.stream("GET", url, headers={**self._default_headers,
@@ -737,6 +759,10 @@ class Client(_Base):
     def models(self) -> list[dict[str, Any]]:
         """The models this server offers, with their scenes and allowed values."""
         return list(self._call("GET", "/api/v3/models"))
+
+    def webhook_secret(self) -> str:
+        """The account's webhook signing secret ("whsec_..."), for ``verify_webhook``."""
+        return str(self._call("GET", "/api/v3/webhook/secret")["secret"])
 
 
 def _finish(pred: Prediction, raise_on_failure: bool) -> Prediction:
@@ -912,6 +938,8 @@ class AsyncClient(_Base):
         else:
             url, pid = _output_of(await self.get(prediction_or_url), index), prediction_or_url
         target = _download_target(path, pid)
+        if _is_inline(url):
+            return _write_inline(url, target)
         part = target.with_name(target.name + ".part")
         try:
             async with self._http.stream(
@@ -940,3 +968,7 @@ class AsyncClient(_Base):
 
     async def models(self) -> list[dict[str, Any]]:
         return list(await self._call("GET", "/api/v3/models"))
+
+    async def webhook_secret(self) -> str:
+        """See ``Client.webhook_secret``."""
+        return str((await self._call("GET", "/api/v3/webhook/secret"))["secret"])

@@ -81,6 +81,13 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
     req = validate_create(model, scene, body)
     # WaveSpeed takes the webhook as a query parameter; a body field works too.
     webhook = await _check_webhook(webhook or body.get("webhook"), services)
+    if webhook and req.enable_base64_output:
+        # WaveSpeed's rule and reason: a webhook body is pushed to the receiver, and inline
+        # video (megabytes) breaks receivers' payload limits. Refused before anything is
+        # stored or spent.
+        raise InvalidInput("enable_base64_output", "webhook callback does not support base64 "
+                           "output; leave out the webhook and read the prediction (or use "
+                           "enable_sync_mode) to get base64 outputs")
     if key.allowed_models is not None and req.model not in key.allowed_models:
         raise ApiError(403, f"This API key may not use model '{req.model}' (allowed: "
                        f"{', '.join(key.allowed_models) or 'none'})")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from reelgate import catalog
-from reelgate.media.storage import Storage
+from reelgate.errors import ApiError
+from reelgate.media.storage import Storage, TooLarge
 from reelgate.store.repo import Prediction
 from reelgate.store.tables import COMPLETED, FAILED
 
@@ -45,5 +48,65 @@ def prediction_data(pred: Prediction, base_url: str, storage: Storage) -> dict[s
     return data
 
 
+# The request fields a webhook body echoes back as "input" (WaveSpeed's webhook payload has
+# one). Image inputs are not among them: their URLs are not kept, only the fetched bytes.
+INPUT_FIELDS = ("prompt", "aspect_ratio", "resolution", "duration", "enhance_prompt",
+                "enable_upsample", "negative_prompt", "seed", "generate_audio")
+
+
+def webhook_data(pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]:
+    """The body of a webhook delivery: the prediction object plus ``input``."""
+    data = prediction_data(pred, base_url, storage)
+    given = {k: pred.params[k] for k in INPUT_FIELDS if pred.params.get(k) is not None}
+    return {"id": data["id"], "model": data["model"], "input": given,
+            **{k: v for k, v in data.items() if k not in ("id", "model")}}
+
+
 def envelope(data: Any) -> dict[str, Any]:
     return {"code": 200, "message": "success", "data": data}
+
+
+def wants_base64(pred: Prediction) -> bool:
+    return bool(pred.params.get("enable_base64_output")) and pred.status == COMPLETED
+
+
+async def inline_outputs(data: dict[str, Any], pred: Prediction, storage: Storage,
+                         max_bytes: int) -> list[bytes] | None:
+    """WaveSpeed's ``enable_base64_output``: each output as naked base64 (the standard
+    alphabet, no ``data:`` prefix, no line breaks), to stand in place of its URL; None when
+    the prediction did not ask for it or has not completed. An output over ``max_bytes`` is
+    an HTTP 413 that says how to get it, never a URL in its place."""
+    if not wants_base64(pred):
+        return None
+    encoded = []
+    for key in pred.outputs:
+        try:
+            raw = await storage.read_bytes(key, max_bytes)
+        except TooLarge as exc:
+            raise ApiError(
+                413,
+                f"enable_base64_output: the video of prediction {pred.id} is {exc.size} bytes, "
+                f"over this server's inline limit of {exc.limit} bytes. The prediction is "
+                f"completed and kept; read it as a URL with GET "
+                f"{data['urls']['get']}?enable_base64_output=false",
+            ) from None
+        except FileNotFoundError:
+            raise ApiError(404, f"The video of prediction {pred.id} is no longer stored") from None
+        encoded.append(base64.b64encode(raw))
+        del raw
+    return encoded
+
+
+def json_with_outputs(answer: dict[str, Any], outputs: list[bytes]) -> bytes:
+    """The JSON text of ``answer`` with ``data.outputs`` set to ``outputs`` (base64 text).
+
+    Spliced in as bytes rather than put in the dict, because the usual path (validate,
+    encode, dump, encode again) holds several copies of each video's text at once
+    (bench_base64.py measures it); base64 needs no JSON escaping, so the splice is exact.
+    The ``"outputs":[]`` written by json.dumps is the key itself: inside any string value
+    its quotes would be escaped."""
+    head, sep, tail = json.dumps(
+        {**answer, "data": {**answer["data"], "outputs": []}}, separators=(",", ":")
+    ).encode().partition(b'"outputs":[]')
+    assert sep, "the answer has no outputs field"
+    return b"".join([head, b'"outputs":["', b'","'.join(outputs), b'"]', tail])

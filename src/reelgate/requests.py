@@ -10,13 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from reelgate import catalog
 from reelgate.errors import InvalidInput, NotFound
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1
+# A URL field holds an https:// URL (browsers stop near 2,000 characters; 8 KiB is generous)
+# or a data: URI, which the fetcher bounds by its decoded size (REELGATE_FETCH_MAX_BYTES).
+MAX_URL_CHARS = 8192
 
 
 class CreateBody(BaseModel):
@@ -25,27 +29,47 @@ class CreateBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field(description="What the video shows; audio cues allowed.")
-    image: str | None = Field(None, description="First frame: https:// URL or data: URI.")
-    images: list[str] | None = Field(
+    # Strict types: "yes", "8" or 1 are not a boolean or an integer here; a client that
+    # sends them has a bug that coercion would hide (wrong types are a 400, API.md).
+    prompt: StrictStr = Field(
+        description=f"What the video shows; audio cues allowed; at most {MAX_PROMPT_CHARS} "
+        "characters."
+    )
+    image: StrictStr | None = Field(None, description="First frame: https:// URL or data: URI.")
+    images: list[StrictStr] | None = Field(
         None, description="1 to 3 reference images (reference-to-video only)."
     )
-    last_image: str | None = Field(None, description="Last frame; only together with image.")
-    aspect_ratio: str | None = Field(None, description="16:9 (default) or 9:16.")
-    resolution: str | None = Field(None, description="720p (default), 1080p or 4k.")
-    duration: int | None = Field(None, description="Seconds: 4, 6 or 8 (default).")
-    enhance_prompt: bool | None = Field(None, description="Let the backend rewrite the prompt.")
-    enable_upsample: bool | None = Field(
+    last_image: StrictStr | None = Field(
+        None, description="Last frame; only together with image."
+    )
+    aspect_ratio: StrictStr | None = Field(None, description="16:9 (default) or 9:16.",
+                                           max_length=16)
+    resolution: StrictStr | None = Field(None, description="720p (default), 1080p or 4k.",
+                                         max_length=16)
+    duration: StrictInt | None = Field(None, description="Seconds: 4, 6 or 8 (default).")
+    enhance_prompt: StrictBool | None = Field(
+        None, description="Let the backend rewrite the prompt."
+    )
+    enable_upsample: StrictBool | None = Field(
         None, description="Deliver the next resolution up (720p→1080p, 1080p→4k)."
     )
-    enable_sync_mode: bool | None = Field(
+    enable_sync_mode: StrictBool | None = Field(
         None, description="Hold the request until the prediction ends."
     )
-    negative_prompt: str | None = None
-    seed: int | None = None
-    generate_audio: bool | None = None
-    webhook: str | None = Field(
-        None, description="URL to POST the prediction to when it ends (or ?webhook=...)."
+    enable_base64_output: StrictBool | None = Field(
+        None,
+        description="Answer with each output video as naked base64 (no data: prefix) instead "
+        "of a URL, in the sync answer and when reading the prediction; not with a webhook.",
+    )
+    negative_prompt: StrictStr | None = Field(
+        None, description=f"What the video should not show; at most {MAX_PROMPT_CHARS} "
+        "characters."
+    )
+    seed: StrictInt | None = Field(None, description=f"-1 (random) or 0 to {MAX_SEED}.")
+    generate_audio: StrictBool | None = None
+    webhook: StrictStr | None = Field(
+        None, description="URL to POST the prediction to when it ends (or ?webhook=...).",
+        max_length=MAX_URL_CHARS,
     )
 
 
@@ -68,6 +92,7 @@ class CreateRequest:
     negative_prompt: str | None
     seed: int | None
     generate_audio: bool
+    enable_base64_output: bool = False
 
     @property
     def output_resolution(self) -> str:
@@ -89,6 +114,7 @@ class CreateRequest:
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
             "generate_audio": self.generate_audio,
+            "enable_base64_output": self.enable_base64_output,
             "reference_count": len(self.images),
             "has_image": self.image is not None,
             "has_last_image": self.last_image is not None,
@@ -168,8 +194,17 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
             f"(got {duration})",
         )
 
+    negative_prompt = (b.negative_prompt or "").strip() or None
+    if negative_prompt is not None and len(negative_prompt) > MAX_PROMPT_CHARS:
+        raise InvalidInput("negative_prompt", f"must be at most {MAX_PROMPT_CHARS} characters")
+
     image, last_image = b.image, b.last_image
     images = tuple(b.images) if b.images is not None else None
+    for name, url in (("image", image), ("last_image", last_image),
+                      *((f"images[{i}]", u) for i, u in enumerate(images or ()))):
+        if url is not None and not url[:5].lower() == "data:" and len(url) > MAX_URL_CHARS:
+            raise InvalidInput(name, f"must be a URL of at most {MAX_URL_CHARS} characters "
+                               "(or a data: URI)")
 
     if scene == "image-to-video" and image is None:
         raise InvalidInput("image", "is required for image-to-video")
@@ -205,8 +240,10 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
                 f"must be {catalog.FULL_LENGTH_S} with reference images (got {duration})",
             )
 
-    if b.seed is not None and not 0 <= b.seed <= MAX_SEED:
-        raise InvalidInput("seed", f"must be between 0 and {MAX_SEED}")
+    # WaveSpeed documents seed -1 as "random", and its clients send it by default.
+    seed = None if b.seed == RANDOM_SEED else b.seed
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InvalidInput("seed", f"must be -1 (random) or between 0 and {MAX_SEED}")
 
     return CreateRequest(
         model=m.name,
@@ -221,9 +258,10 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         enhance_prompt=_default(b.enhance_prompt, "enhance_prompt"),
         enable_upsample=_default(b.enable_upsample, "enable_upsample"),
         enable_sync_mode=_default(b.enable_sync_mode, "enable_sync_mode"),
-        negative_prompt=(b.negative_prompt or "").strip() or None,
-        seed=b.seed,
+        negative_prompt=negative_prompt,
+        seed=seed,
         generate_audio=_audio(b.generate_audio, m),
+        enable_base64_output=_default(b.enable_base64_output, "enable_base64_output"),
     )
 
 

@@ -191,6 +191,10 @@ class Services:
                 await task
         if self.workers is not None:
             await self.workers.stop()
+        for backend in self.backends.values():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                await close()
         if self.queue is not None:
             await self.queue.close()
         await self.notifier.close()

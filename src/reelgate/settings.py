@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 2.0
     # Longest a sync-mode request is held before it is answered with the object as it is.
     sync_timeout_s: float = 300.0
+    # enable_base64_output: the largest video (bytes, before encoding; base64 adds a third)
+    # an answer carries inline. A larger one is answered with HTTP 413 and a message that
+    # says how to fetch it, never silently as a URL.
+    base64_output_max_bytes: int = 32 * 1024 * 1024
 
     # --- routing -----------------------------------------------------------------------
     # Backend for every model unless model_backends names another for it.
@@ -97,6 +101,9 @@ class Settings(BaseSettings):
     # cost ~9x the CPU of 720p, so small machines may cap 4k output; the README says so.
     sandbox_max_height: int = 0
     sandbox_fps: int = 24
+    # Worker processes for sandbox renders (0: render in a thread of the server). None: as
+    # many as worker_concurrency, at most the CPU count.
+    sandbox_render_processes: int | None = None
 
     # --- local backend (GPU workers, backends/local) -------------------------------------
     # TOML file declaring the models served from this operator's GPUs; empty: none.
@@ -108,6 +115,9 @@ class Settings(BaseSettings):
 
     # --- input fetching --------------------------------------------------------------------
     fetch_max_bytes: int = 20 * 1024 * 1024
+    # Largest JSON request body; 0: room for three data: URI images of fetch_max_bytes each
+    # (base64 adds a third) plus 1 MiB for the rest.
+    max_body_bytes: int = 0
     fetch_timeout_s: float = 15.0
     fetch_max_redirects: int = 5
     # Hosts or networks (CIDR) exempt from the private-address guard. Empty by default:
@@ -119,6 +129,8 @@ class Settings(BaseSettings):
     # "720p/silent": 100000}}; anything not named costs Google's published price.
     prices: dict[str, dict[str, int]] = Field(default_factory=dict)
     price_markup_percent: float = 0.0
+    # The currency balances and prices are kept in (named in balance answers).
+    currency: str = "USD"
     # Backends whose predictions cost nothing (no hold, no ledger entries).
     free_backends: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["sandbox"])
 
@@ -219,6 +231,13 @@ class Settings(BaseSettings):
             finally:
                 tmp.unlink(missing_ok=True)
         return path.read_text().strip().encode()
+
+    @property
+    def body_limit(self) -> int:
+        """The JSON body limit in bytes (max_body_bytes, or the default it describes)."""
+        if self.max_body_bytes > 0:
+            return self.max_body_bytes
+        return 3 * (4 * -(-self.fetch_max_bytes // 3)) + 1024 * 1024
 
 
 def _remote_default() -> int:

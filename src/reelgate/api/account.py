@@ -13,14 +13,32 @@ from reelgate.store.repo import KeyRecord
 router = APIRouter(prefix="/api/v3")
 
 
-@router.get("/balance", summary="The caller's available balance")
-async def balance(request: Request, key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
-    micros = await request.app.state.services.store.balance(key.account_id)
+async def _balance(request: Request, key: KeyRecord) -> dict[str, Any]:
+    services = request.app.state.services
+    micros = await services.store.balance(key.account_id)
     return {
         "code": 200,
         "message": "success",
-        "data": {"balance": billing.format_money(micros), "balance_micros": micros},
+        "data": {
+            # A JSON number, as WaveSpeed documents data.balance (clients compare it with
+            # numbers); balance_micros is the exact amount.
+            "balance": micros / billing.MICROS,
+            "balance_micros": micros,
+            "currency": services.settings.currency,
+        },
     }
+
+
+@router.get("/balance", summary="The caller's available balance")
+async def balance(request: Request, key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
+    return await _balance(request, key)
+
+
+@router.get("/account/balance", summary="The caller's available balance (WaveSpeed's newer "
+            "path)")
+async def account_balance(request: Request,
+                          key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
+    return await _balance(request, key)
 
 
 @router.get("/prices", summary="Price per second of video, by model and resolution")

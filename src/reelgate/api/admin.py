@@ -7,11 +7,11 @@ import hmac
 import io
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from reelgate import billing
 from reelgate.errors import ApiError, InvalidInput, Unauthorized
@@ -40,10 +40,15 @@ def parse_money(value: str | int | float | None, micros: int | None) -> int:
         raise InvalidInput("amount", 'is required (a decimal string such as "10.00")')
     if isinstance(value, float):
         raise InvalidInput("amount", 'must be a decimal string such as "10.00", not a float')
+    if isinstance(value, str) and len(value) > 40:
+        raise InvalidInput("amount", "is too long for an amount")
     try:
         d = Decimal(str(value))
     except InvalidOperation:
-        raise InvalidInput("amount", f"is not a decimal number: {value!r}") from None
+        raise InvalidInput("amount", f"is not a decimal number: {str(value)[:40]!r}") from None
+    if not d.is_finite() or abs(d) > MAX_MICROS // billing.MICROS:
+        raise InvalidInput("amount", f"must be a finite amount of at most "
+                           f"{MAX_MICROS // billing.MICROS}")
     scaled = d * billing.MICROS
     if scaled != scaled.to_integral_value():
         raise InvalidInput("amount", "has more than 6 decimal places")
@@ -57,9 +62,12 @@ def parse_day(value: str | None, field: str) -> datetime | None:
         if len(value) == 10:
             return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(field, "must be a date (YYYY-MM-DD) or an ISO 8601 time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        # In UTC now, so a far-off offset cannot overflow later inside the database driver.
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput(field, "must be a date (YYYY-MM-DD) or an ISO 8601 time between "
+                           "years 1 and 9999") from None
 
 
 def date_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
@@ -67,31 +75,63 @@ def date_range(since: str | None, until: str | None) -> tuple[datetime | None, d
     end = parse_day(until, "to")
     # A plain date as the end means "through that day".
     if until and len(until) == 10 and end is not None:
-        end += timedelta(days=1)
+        try:
+            end += timedelta(days=1)
+        except OverflowError:
+            end = None  # through 9999-12-31: no upper bound at all
     return start, end
 
 
+# Strict: `true` is not a rate and "1" is not a limit; bounded so every value fits the
+# database's integer columns.
+_STRICT = ConfigDict(strict=True)
+_RATE = Field(None, ge=0, le=10**9, description="Requests per minute (0: the server default)")
+_CONCURRENT = Field(None, ge=0, le=10**6, description="Predictions at once (0: the default)")
+MAX_MICROS = 10**15
+
+
 class AccountIn(BaseModel):
+    model_config = _STRICT
     name: str = Field(min_length=1, max_length=200)
-    rate_per_minute: int | None = None
-    max_concurrent: int | None = None
+    rate_per_minute: int | None = _RATE
+    max_concurrent: int | None = _CONCURRENT
 
 
 class AccountPatch(BaseModel):
-    rate_per_minute: int | None = None
-    max_concurrent: int | None = None
+    model_config = _STRICT
+    rate_per_minute: int | None = _RATE
+    max_concurrent: int | None = _CONCURRENT
     disabled: bool | None = None
+    webhook_scheme: str | None = Field(
+        None,
+        description='How webhooks are signed: "wavespeed" (v3,<hex>), "standard" (Standard '
+        'Webhooks v1,<base64>) or "default" (the dialect\'s: wavespeed for v3).',
+    )
+
+
+def parse_webhook_scheme(value: str) -> str | None:
+    """A scheme name for the accounts table; "default" is stored as NULL."""
+    from reelgate.jobs.signing import SCHEMES
+
+    if value == "default":
+        return None
+    if value not in SCHEMES:
+        raise InvalidInput("webhook_scheme", f"must be one of {', '.join(SCHEMES)} or default "
+                           f"(got {value!r})")
+    return value
 
 
 class KeyIn(BaseModel):
+    model_config = _STRICT
     name: str = Field(min_length=1, max_length=200)
-    models: list[str] | None = None
+    models: list[Annotated[str, Field(max_length=100)]] | None = Field(None, max_length=100)
 
 
 class CreditIn(BaseModel):
-    amount: str | int | float | None = None
-    amount_micros: int | None = None
-    note: str = ""
+    model_config = _STRICT
+    amount: str | int | float | None = Field(None, description='A decimal string: "10.00"')
+    amount_micros: int | None = Field(None, ge=-MAX_MICROS, le=MAX_MICROS)
+    note: str = Field("", max_length=1000)
 
 
 @router.post("/accounts")
@@ -115,8 +155,11 @@ async def get_account(account: str, admin: AdminStore = Depends(require_admin)) 
 async def patch_account(
     account: str, body: AccountPatch, admin: AdminStore = Depends(require_admin)
 ) -> Any:
+    account_id = await admin.resolve_account(account)
+    if body.webhook_scheme is not None:
+        await admin.set_webhook_scheme(account_id, parse_webhook_scheme(body.webhook_scheme))
     return await admin.set_limits(
-        await admin.resolve_account(account),
+        account_id,
         rate_per_minute=body.rate_per_minute,
         max_concurrent=body.max_concurrent,
         disabled=body.disabled,

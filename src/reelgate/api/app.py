@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
 from reelgate import __version__, metrics
 from reelgate.api import account, admin, errors, media, models, uploads, v3, webhooks
+from reelgate.api.body import BoundedInputMiddleware
+from reelgate.api.openapi import build as build_openapi
 from reelgate.services import Services
 from reelgate.settings import Settings
 
@@ -36,6 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
 
+    # Inside the metrics middleware (added later, so outer): refusals are counted too.
+    app.add_middleware(BoundedInputMiddleware, max_body_bytes=settings.body_limit)
     app.add_middleware(metrics.HttpMiddleware)
 
     app.include_router(v3.router)
@@ -44,7 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(uploads.router)
     app.include_router(webhooks.router)
+    app.include_router(webhooks.secret_router)
     app.include_router(media.router)
+
+    from reelgate import console
+
+    console.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -66,12 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                v3.EXTRA_SCHEMAS
-            )
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app, v3.EXTRA_SCHEMAS)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -14,6 +14,8 @@ from reelgate.errors import ApiError
 
 log = logging.getLogger("reelgate.api")
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "list[str]", "none", "function-after"})
+
 
 def error_response(status: int, message: str, type: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
@@ -32,7 +34,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid"}
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path"))
+        # Union members add their type to the location ("amount.str"); the field is enough.
+        loc = ".".join(str(p) for p in err["loc"]
+                       if p not in ("body", "query", "path") and p not in _UNION_TAGS)
         return error_response(400, f"{loc or 'body'}: {err['msg']}")
 
     @app.exception_handler(StarletteHTTPException)
@@ -40,7 +44,14 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"Not found: {request.method} {request.url.path}"
-        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            from reelgate.api.openapi import allowed_methods
+
+            methods = allowed_methods(request.app, request.url.path)
+            if methods:
+                headers = {**(headers or {}), "Allow": ", ".join(methods)}
+        return error_response(exc.status_code, message, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -28,4 +28,5 @@ async def get_media(key: str, request: Request, expires: int = 0,
     if not path.is_file():
         raise NotFound("No such file")
     # FileResponse answers Range requests, so players can seek.
-    return FileResponse(path, media_type="video/mp4", filename=path.name)
+    media_type = "image/jpeg" if path.suffix == ".jpg" else "video/mp4"
+    return FileResponse(path, media_type=media_type, filename=path.name)

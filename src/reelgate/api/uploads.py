@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from reelgate.api.auth import require_key
 from reelgate.api.v3 import base_url
@@ -18,9 +18,11 @@ router = APIRouter()
 
 
 class UploadTicketIn(BaseModel):
-    filename: str
-    size: int
-    content_type: str | None = None
+    # Strict like every body: "123" is not a size.
+    model_config = ConfigDict(strict=True)
+    filename: str = Field(max_length=1000)
+    size: int = Field(description="Bytes")
+    content_type: str | None = Field(None, max_length=255)
 
 
 def _iso(dt: Any) -> str:
@@ -100,6 +102,8 @@ async def upload_binary(request: Request, key: KeyRecord = Depends(require_key))
         "message": "success",
         "data": {
             "id": record["id"],
+            # WaveSpeed's field: image, video or audio; reelgate takes images only.
+            "type": "image",
             "download_url": services.uploads.download_url(
                 record["id"],
                 record["filename"],

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from reelgate import intake
+from reelgate.api import body as bounded
 from reelgate.api.auth import require_key
-from reelgate.api.schemas import ERROR_RESPONSES, PredictionEnvelope
+from reelgate.api.history import (
+    MAX_PAGE,
+    HistoryBody,
+    HistoryFilter,
+    filter_from_body,
+    history_page,
+    parse_time,
+)
+from reelgate.api.schemas import ERROR_RESPONSES, ErrorBody, PredictionEnvelope
 from reelgate.errors import ApiError, InvalidInput, NotFound
-from reelgate.present import envelope, prediction_data
+from reelgate.present import envelope, inline_outputs, json_with_outputs, prediction_data
 from reelgate.requests import CreateBody, resolve_model_scene
 from reelgate.services import Services
 from reelgate.store.repo import KeyRecord, Prediction
-from reelgate.store.tables import ENDED, UNFINISHED
 
 router = APIRouter(prefix="/api/v3", responses=ERROR_RESPONSES)
+
+# A read that would carry a video over the enable_base64_output limit.
+TOO_LARGE = {413: {"model": ErrorBody, "description": "enable_base64_output: the video is over "
+                   "REELGATE_BASE64_OUTPUT_MAX_BYTES; the message says how to get its URL"}}
 
 # Backends whose workers stop a running prediction between steps when it is cancelled.
 CANCELLABLE_WHILE_RUNNING = ("local",)
@@ -37,14 +46,30 @@ def render(pred: Prediction, request: Request, services: Services) -> dict[str, 
     return envelope(prediction_data(pred, base_url(request, services), services.storage))
 
 
+async def render_full(pred: Prediction, request: Request, services: Services,
+                      base64_output: bool = True) -> dict[str, Any] | Response:
+    """``render``, or, when the completed prediction asked for base64, the same answer with
+    its outputs inline (the result and the sync answer; listings and webhooks always carry
+    URLs), already serialised."""
+    answer = render(pred, request, services)
+    if not base64_output:
+        return answer
+    inline = await inline_outputs(answer["data"], pred, services.storage,
+                                  services.settings.base64_output_max_bytes)
+    if inline is None:
+        return answer
+    return Response(json_with_outputs(answer, inline), media_type="application/json")
+
+
 async def _json_body(request: Request) -> Any:
+    # Parsed (with bounds) by BoundedInputMiddleware when sent as JSON; clients that send
+    # no Content-Type get the same parser here.
+    if bounded.SCOPE_KEY in request.scope:
+        return request.scope[bounded.SCOPE_KEY]
     raw = await request.body()
     if not raw.strip():
         raise InvalidInput("body", "must be a JSON object with at least a prompt")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput("body", f"is not valid JSON ({exc})") from None
+    return bounded.parse_json(raw, max_bytes=services_of(request).settings.body_limit)
 
 
 @router.post(
@@ -52,6 +77,7 @@ async def _json_body(request: Request) -> Any:
     response_model=PredictionEnvelope,
     response_model_exclude_unset=True,
     summary="Create a prediction",
+    responses=TOO_LARGE,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -67,7 +93,7 @@ async def create_prediction(
     request: Request,
     webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
     key: KeyRecord = Depends(require_key),
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     services = services_of(request)
     resolve_model_scene(model, scene)  # an unknown route is a 404 whatever the body
     body = await _json_body(request)
@@ -76,16 +102,17 @@ async def create_prediction(
     if not req.enable_sync_mode:
         return render(pred, request, services)
     pred, ended = await _wait_for_end(services, pred)
+    if ended:
+        return await render_full(pred, request, services)
+    # What WaveSpeed clients expect from a sync wait that ran out: still processing, and an
+    # error text that says so and where to read the result later.
     answer = render(pred, request, services)
-    if not ended:
-        # What WaveSpeed clients expect from a sync wait that ran out: still processing,
-        # and an error text that says so and where to read the result later.
-        data = answer["data"]
-        data["error"] = (
-            f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
-            f"prediction is still {data['status']}. Query the result later at "
-            f"{data['urls']['get']}"
-        )
+    data = answer["data"]
+    data["error"] = (
+        f"Sync mode timed out after {services.settings.sync_timeout_s:g} s; the "
+        f"prediction is still {data['status']}. Query the result later at "
+        f"{data['urls']['get']}"
+    )
     return answer
 
 
@@ -94,6 +121,7 @@ async def create_prediction(
     response_model=PredictionEnvelope,
     response_model_exclude_unset=True,
     summary="Create a prediction on a model served from this operator's GPUs",
+    responses=TOO_LARGE,
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -109,7 +137,7 @@ async def create_local_prediction(
     request: Request,
     webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
     key: KeyRecord = Depends(require_key),
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     # The same door as Veo: the row's model is the public path "local/<name>".
     return await create_prediction(f"local/{model}", scene, request, webhook, key)
 
@@ -117,31 +145,27 @@ async def create_local_prediction(
 async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Prediction, bool]:
     """Hold a sync-mode request until the prediction ends or the ceiling passes; says
     whether it ended."""
-    async with services.notifier.subscribe(pred.id) as ended:
-        try:
-            async with asyncio.timeout(services.settings.sync_timeout_s):
-                while True:
-                    current = await services.store.get(pred.id)
-                    if current is None or current.finished:
-                        break
-                    ended.clear()
-                    # Woken by the notifier; the timeout is only a safety net for a lost
-                    # notification, not a polling loop.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(ended.wait(), 10)
-        except TimeoutError:
-            pass
-    current = await services.store.get(pred.id) or pred
-    return current, current.finished
+    current, ended = await services.notifier.wait(
+        pred.id, lambda: services.store.get(pred.id), services.settings.sync_timeout_s
+    )
+    return current or pred, ended and current is not None
 
 
-async def _read(prediction_id: str, request: Request, key: KeyRecord) -> dict[str, Any]:
+async def _read(prediction_id: str, request: Request, key: KeyRecord,
+                base64_output: bool = True) -> dict[str, Any] | Response:
     services = services_of(request)
     pred = await services.store.get(prediction_id, account_id=key.account_id)
     if pred is None:
         # Another tenant's prediction is indistinguishable from a missing one.
         raise NotFound(f"Prediction '{prediction_id}' not found")
-    return render(pred, request, services)
+    return await render_full(pred, request, services, base64_output)
+
+
+BASE64_QUERY = Query(
+    True, alias="enable_base64_output",
+    description="false: answer with URLs even if the prediction asked for base64 outputs "
+    "(a reelgate extension, e.g. for a video over the inline limit)",
+)
 
 
 @router.get(
@@ -149,27 +173,31 @@ async def _read(prediction_id: str, request: Request, key: KeyRecord) -> dict[st
     response_model=PredictionEnvelope,
     response_model_exclude_unset=True,
     summary="Read a prediction (Query Result)",
+    responses=TOO_LARGE,
 )
 async def get_result(
-    prediction_id: str, request: Request, key: KeyRecord = Depends(require_key)
-) -> dict[str, Any]:
-    return await _read(prediction_id, request, key)
+    prediction_id: str, request: Request, key: KeyRecord = Depends(require_key),
+    base64_output: bool = BASE64_QUERY,
+) -> dict[str, Any] | Response:
+    return await _read(prediction_id, request, key, base64_output)
 
 
 @router.get(
     "/predictions/{prediction_id}", response_model=PredictionEnvelope,
-    response_model_exclude_unset=True, summary="Read a prediction"
+    response_model_exclude_unset=True, summary="Read a prediction", responses=TOO_LARGE,
 )
 async def get_prediction(
-    prediction_id: str, request: Request, key: KeyRecord = Depends(require_key)
-) -> dict[str, Any]:
-    return await _read(prediction_id, request, key)
+    prediction_id: str, request: Request, key: KeyRecord = Depends(require_key),
+    base64_output: bool = BASE64_QUERY,
+) -> dict[str, Any] | Response:
+    return await _read(prediction_id, request, key, base64_output)
 
 
 # Referenced from the create route's requestBody: documents the body in OpenAPI while the
 # route reads it itself (so malformed JSON gets our error body, not the framework's).
 EXTRA_SCHEMAS = {
-    "CreateBody": CreateBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    "CreateBody": CreateBody.model_json_schema(ref_template="#/components/schemas/{model}"),
+    "HistoryBody": HistoryBody.model_json_schema(ref_template="#/components/schemas/{model}"),
 }
 
 
@@ -178,32 +206,53 @@ async def list_predictions(
     request: Request,
     status: str | None = Query(None, description="created, processing, completed, failed, "
                                "cancelled"),
-    model: str | None = Query(None, description="e.g. veo3.1-fast"),
+    model: str | None = Query(None, description="e.g. veo3.1-fast or "
+                              "google/veo3.1-fast/text-to-video"),
     since: str | None = Query(None, alias="from", description="YYYY-MM-DD or ISO time"),
     until: str | None = Query(None, alias="to", description="YYYY-MM-DD (inclusive) or ISO"),
-    page: int = Query(1, ge=1),
+    created_after: str | None = Query(None, description="ISO 8601 (as in the POST form)"),
+    created_before: str | None = Query(None, description="ISO 8601 (as in the POST form)"),
+    # Bounded so the offset, (page - 1) * page_size, always fits the database's integer.
+    page: int = Query(1, ge=1, le=MAX_PAGE),
     page_size: int = Query(20, ge=1, le=100),
     key: KeyRecord = Depends(require_key),
 ) -> dict[str, Any]:
-    from reelgate.api.admin import date_range
-
     services = services_of(request)
-    if status and status not in (*UNFINISHED, *ENDED):
-        raise InvalidInput("status", f"must be one of {', '.join((*UNFINISHED, *ENDED))}")
-    if model and model.startswith("google/"):
-        model = model.split("/")[1]
-    start, end = date_range(since, until)
-    items, total = await services.store.list_predictions(
-        key.account_id, status=status, model=model, since=start, until=end, page=page,
-        page_size=page_size,
+    after_name = "created_after" if created_after else "from"
+    before_name = "created_before" if created_before else "to"
+    f = HistoryFilter.build(
+        page=page, page_size=page_size, model=model, status=status,
+        created_after=parse_time(created_after or since, after_name),
+        created_before=(parse_time(created_before, "created_before") if created_before
+                        else parse_time(until, "to", end_of_day=True)),
+        after_name=after_name, before_name=before_name,
     )
-    base = base_url(request, services)
-    return envelope({
-        "items": [prediction_data(p, base, services.storage) for p in items],
-        "page": page,
-        "page_size": page_size,
-        "total": total,
-    })
+    return envelope(await history_page(services, key.account_id, f, base_url(request, services)))
+
+
+@router.post(
+    "/predictions",
+    summary="List the caller's predictions (WaveSpeed's form: a JSON body)",
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/HistoryBody"}}
+            },
+        }
+    },
+)
+async def list_predictions_post(request: Request,
+                                key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
+    services = services_of(request)
+    # The same bounded parser as every JSON body (the middleware's result when sent as JSON).
+    body: Any = request.scope.get(bounded.SCOPE_KEY)
+    if body is None:
+        raw = await request.body()
+        if raw.strip():
+            body = bounded.parse_json(raw, max_bytes=services.settings.body_limit)
+    f = filter_from_body(body)
+    return envelope(await history_page(services, key.account_id, f, base_url(request, services)))
 
 
 @router.post("/predictions/{prediction_id}/cancel", response_model=PredictionEnvelope,

@@ -1,4 +1,7 @@
-"""Webhook settings and deliveries of the caller's account."""
+"""Webhook settings and deliveries of the caller's account.
+
+The secret is at ``GET /api/v3/webhook/secret``, where WaveSpeed documents it; the plural
+``/api/v3/webhooks/secret`` (reelgate's first path) stays as an alias."""
 
 from __future__ import annotations
 
@@ -8,22 +11,43 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from reelgate.api.auth import require_key
 from reelgate.errors import NotFound
-from reelgate.jobs.webhooks import account_secret
+from reelgate.jobs.signing import STANDARD
+from reelgate.jobs.webhooks import account_scheme, account_secret
 from reelgate.present import envelope
 from reelgate.store.repo import KeyRecord
 
 router = APIRouter(prefix="/api/v3/webhooks", tags=["webhooks"])
+secret_router = APIRouter(prefix="/api/v3", tags=["webhooks"])
+
+HOW = {
+    "wavespeed": "webhook-signature: v3,<hex HMAC-SHA256 of '{webhook-id}.{webhook-timestamp}."
+    "{raw body}'>, keyed with the secret after its whsec_ prefix (not base64-decoded); "
+    "reject timestamps older than 300 s",
+    STANDARD: "Standard Webhooks: webhook-signature: v1,<base64 HMAC-SHA256 of "
+    "'{webhook-id}.{webhook-timestamp}.{raw body}'>, keyed with the base64-decoded secret "
+    "after whsec_; verify with a Standard Webhooks library",
+}
 
 
-@router.get("/secret", summary="The account's Standard Webhooks signing secret")
+async def _secret(request: Request, key: KeyRecord) -> dict[str, Any]:
+    engine = request.app.state.services.store.engine
+    scheme = await account_scheme(engine, key.account_id)
+    return envelope({
+        "secret": await account_secret(engine, key.account_id),
+        "scheme": scheme,
+        "verification": HOW[scheme],
+    })
+
+
+@secret_router.get("/webhook/secret", summary="The account's webhook signing secret")
 async def secret(request: Request, key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
-    services = request.app.state.services
-    return envelope(
-        {
-            "secret": await account_secret(services.store.engine, key.account_id),
-            "scheme": "Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature)",
-        }
-    )
+    return await _secret(request, key)
+
+
+@router.get("/secret", summary="The webhook signing secret (alias of /api/v3/webhook/secret)")
+async def secret_alias(request: Request,
+                       key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
+    return await _secret(request, key)
 
 
 @router.get("/deliveries", summary="Webhook deliveries, newest first")

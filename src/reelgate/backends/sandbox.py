@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import colorsys
+import contextlib
+import dataclasses
 import hashlib
-import io
 import math
+import multiprocessing
+import os
 import re
 import textwrap
+import threading
+import time
 import unicodedata
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from reelgate import catalog
 from reelgate.backends.base import BackendError, Job
+from reelgate.media.images import DECODE_BUDGET, adopt_budget, open_for_render
 from reelgate.media.video import AUDIO_SAMPLE_RATE, encode_mp4
 
 if TYPE_CHECKING:
@@ -151,12 +159,13 @@ def _scene_frames(
     # tied the two together, and this way a missing input can never crash a render.
     if job.scene == "reference-to-video" and inputs.images:
         background = _Background(rng, width, height)
-        refs = [_decode_image(b, "reference image") for b in inputs.images]
+        refs = [_decode_image(b, "reference image", (width, height)) for b in inputs.images]
         return _reference_frames(background, refs, rng, width, height, frame_count, fps, overlay)
     if inputs.image is not None:
-        first = _cover(_decode_image(inputs.image, "image"), width, height)
+        first = _cover(_decode_image(inputs.image, "image", (width, height)), width, height)
         if inputs.last_image is not None:
-            last = _cover(_decode_image(inputs.last_image, "last_image"), width, height)
+            last = _cover(_decode_image(inputs.last_image, "last_image", (width, height)),
+                          width, height)
             return _morph_frames(first, last, rng, frame_count)
         return _ken_burns_frames(first, rng, frame_count)
     return _background_frames(_Background(rng, width, height), frame_count, fps)
@@ -165,20 +174,13 @@ def _scene_frames(
 # --- input images ----------------------------------------------------------------------
 
 
-def _decode_image(data: bytes, what: str) -> Image.Image:
+def _decode_image(data: bytes, what: str, size: tuple[int, int]) -> Image.Image:
+    # Decoded no larger than the frame needs, under the process-wide decode budget
+    # (media/images.py): a 50-megapixel input costs a frame's worth of memory, not 400 MB.
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        return open_for_render(data, size)
     except Exception as e:  # Pillow raises many types for bad data
         raise BackendError(f"sandbox: cannot decode the {what}: {e}") from e
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Show transparent areas on dark grey rather than on whatever colour is stored
-        # under the alpha.
-        rgba = img.convert("RGBA")
-        back = Image.new("RGBA", rgba.size, (32, 32, 32, 255))
-        return Image.alpha_composite(back, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def _cover(img: Image.Image, width: int, height: int) -> Image.Image:
@@ -578,8 +580,39 @@ def _chord(seed: bytes, duration_s: float) -> np.ndarray:
 # --- the backend -----------------------------------------------------------------------
 
 
+async def _no_upstream(ref: str) -> None:
+    return None
+
+
+def _exit_with(parent: int) -> None:
+    # A pool's worker holds both ends of its task pipe, so it never sees EOF when the
+    # server is SIGKILLed; without this it would wait for work forever.
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
+
+
+def _init_render_process(capacity: int, cond: object, used: object) -> None:
+    # Renders are batch work; the server process answers people. Lower priority here keeps
+    # the server's answers prompt when the CPUs are busy.
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    adopt_budget(capacity, cond, used)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+
+
+def _render_in_child(job: Job, out_path: Path, fps: int, max_height: int) -> None:
+    render_sandbox_video(job, out_path, fps=fps, max_height=max_height)
+
+
 class SandboxBackend:
-    """Renders every job locally (see the module docstring). No network, no keys."""
+    """Renders every job locally (see the module docstring). No network, no keys.
+
+    Renders run in a pool of ``processes`` worker processes, not in threads of the server:
+    a render is CPU-bound Python and numpy that holds the GIL most of the time, and in a
+    thread it starved the event loop that answers requests (profiled: with six renders in
+    threads the loop held the GIL a fifth of the time, and held sync-mode clients heard of
+    their predictions' ends seconds late). ``processes=0`` renders in a thread instead."""
 
     name = "sandbox"
 
@@ -590,6 +623,7 @@ class SandboxBackend:
         failure_rate: float = 0.0,
         max_height: int = 0,
         fps: int = 24,
+        processes: int = 0,
     ) -> None:
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError("failure_rate must be between 0 and 1")
@@ -599,6 +633,11 @@ class SandboxBackend:
         self.failure_rate = failure_rate
         self.max_height = max(0, max_height)
         self.fps = fps
+        self.processes = max(0, processes)
+        self._pool: ProcessPoolExecutor | None = None
+        if self.processes:
+            # Now, before any decode can be waiting on the process-local lock.
+            self._budget = DECODE_BUDGET.share()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxBackend:
@@ -607,7 +646,25 @@ class SandboxBackend:
             failure_rate=settings.sandbox_failure_rate,
             max_height=settings.sandbox_max_height,
             fps=settings.sandbox_fps,
+            processes=(settings.sandbox_render_processes
+                       if settings.sandbox_render_processes is not None
+                       else min(settings.concurrency_for("sandbox"), os.cpu_count() or 1)),
         )
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the server has threads (uvloop's, aiosqlite's) whose locks a
+            # forked child would inherit in whatever state they were in.
+            self._pool = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_render_process, initargs=self._budget,
+            )
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
 
     async def generate(self, job: Job, workdir: Path) -> Path:
         if self.latency_s:
@@ -623,7 +680,21 @@ class SandboxBackend:
             raise BackendError(f"sandbox: simulated failure (failure_rate={self.failure_rate:g})")
         workdir.mkdir(parents=True, exist_ok=True)
         out_path = workdir / f"{job.id}.mp4"
-        await asyncio.to_thread(
-            render_sandbox_video, job, out_path, fps=self.fps, max_height=self.max_height
-        )
+        if not self.processes:
+            await asyncio.to_thread(
+                render_sandbox_video, job, out_path, fps=self.fps, max_height=self.max_height
+            )
+            return out_path
+        # The checkpoint callback is a closure over the runner: not for another process
+        # (and unused here, the sandbox has no upstream).
+        portable = dataclasses.replace(job, checkpoint=_no_upstream)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor(), _render_in_child, portable, out_path,
+                                       self.fps, self.max_height)
+        except BrokenProcessPool:
+            # A render process died (killed, out of memory): start a fresh pool next time.
+            self._pool = None
+            raise BackendError("sandbox: the render process died; please try again",
+                               retryable=True) from None
         return out_path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from reelgate.backends.base import Backend, BackendError, Cancelled, Inputs, Job
 from reelgate.jobs.notify import LocalNotifier
 from reelgate.logs import prediction_id_var
 from reelgate.media.storage import Storage
-from reelgate.media.video import InvalidVideo, check_video
+from reelgate.media.video import InvalidVideo, check_video, poster_frame
 from reelgate.settings import Settings
 from reelgate.store.repo import Prediction, Store
 
@@ -72,6 +73,10 @@ def job_from_row(
 
 def output_key(prediction_id: str) -> str:
     return f"{prediction_id[:2]}/{prediction_id}.mp4"
+
+
+def poster_key(prediction_id: str) -> str:
+    return f"{prediction_id[:2]}/{prediction_id}.jpg"
 
 
 class Runner:
@@ -136,17 +141,22 @@ class Runner:
 
         tmp_root = self.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
+        workdir = ""
         try:
-            with tempfile.TemporaryDirectory(dir=tmp_root) as workdir:
-                job = job_from_row(pred, self.settings.data_dir, checkpoint, report_progress)
-                started = time.perf_counter()
-                video = await backend.generate(job, Path(workdir))
-                metrics.BACKEND_LATENCY.labels(pred.backend).observe(
-                    time.perf_counter() - started
-                )
-                info = await asyncio.to_thread(check_video, video)
-                key = output_key(pred.id)
-                await self.storage.put_file(key, video)
+            # File work off the event loop (reading inputs, removing the work directory):
+            # on a busy disk it stalled every request this process was answering.
+            workdir = await asyncio.to_thread(tempfile.mkdtemp, dir=tmp_root)
+            job = await asyncio.to_thread(job_from_row, pred, self.settings.data_dir,
+                                          checkpoint, report_progress)
+            started = time.perf_counter()
+            video = await backend.generate(job, Path(workdir))
+            metrics.BACKEND_LATENCY.labels(pred.backend).observe(
+                time.perf_counter() - started
+            )
+            info = await asyncio.to_thread(check_video, video)
+            key = output_key(pred.id)
+            await self.storage.put_file(key, video)
+            poster = await self._store_poster(pred.id, video, Path(workdir))
         except Cancelled as exc:
             log.info("prediction %s cancelled: %s", pred.id, exc.message)
             if await self.store.cancel_running(pred.id, owner, exc.message):
@@ -170,12 +180,30 @@ class Runner:
             log.exception("prediction %s: internal error", pred.id)
             await self.store.fail(pred.id, owner, INTERNAL_FAILURE)
             return
-        if await self.store.complete(pred.id, owner, [key]):
+        finally:
+            if workdir:
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
+        if await self.store.complete(pred.id, owner, [key], poster):
             metrics.PREDICTIONS_ENDED.labels("completed", pred.backend).inc()
             log.info("prediction %s completed: %dx%d %.2fs %s", pred.id, info.width,
                      info.height, info.duration_s, info.video_codec)
         else:
             log.warning("prediction %s: lease lost before completion", pred.id)
+
+
+    async def _store_poster(self, prediction_id: str, video: Path, workdir: Path) -> str | None:
+        """Take a still from the video and store it beside it (the console's thumbnail).
+        A picture is a nicety: failing to make one never fails the prediction."""
+        try:
+            still = await asyncio.to_thread(poster_frame, video, workdir / "poster.jpg")
+            key = poster_key(prediction_id)
+            await self.storage.put_file(key, still)
+            return key
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("prediction %s: no poster frame", prediction_id, exc_info=True)
+            return None
 
 
 async def renew_forever(store: Store, owner: str, ttl_s: float) -> None:

@@ -1,4 +1,5 @@
-"""Webhook delivery: at least once, signed with the Standard Webhooks scheme, retried with
+"""Webhook delivery: at least once, signed the way the account's clients verify (WaveSpeed's
+``v3,<hex>`` by default, Standard Webhooks on request; see signing.py), retried with
 exponential backoff, never to a private address.
 
 A delivery row is written in the same transaction that ends the prediction (store/repo.py),
@@ -19,12 +20,12 @@ from typing import Any
 import httpx
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from standardwebhooks import Webhook
 
 from reelgate.errors import InvalidInput
+from reelgate.jobs.signing import scheme_for, signature_headers
 from reelgate.media.fetch import FetchPolicy, pinned_request, resolve_destination
 from reelgate.media.storage import Storage
-from reelgate.present import prediction_data
+from reelgate.present import webhook_data
 from reelgate.store.repo import Store
 from reelgate.store.tables import accounts, utcnow, webhook_deliveries
 
@@ -52,6 +53,16 @@ async def account_secret(engine: AsyncEngine, account_id: str) -> str:
         ).first()
     assert row is not None
     return str(row[0])
+
+
+async def account_scheme(engine: AsyncEngine, account_id: str, dialect: str = "v3") -> str:
+    """The scheme the account's webhooks are signed with (its choice, or the default of the
+    dialect the prediction came through)."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(accounts.c.webhook_scheme).where(accounts.c.id == account_id))
+        ).first()
+    return scheme_for(row[0] if row else None, dialect)
 
 
 def retry_delay(attempts: int, base_s: float) -> float:
@@ -171,12 +182,15 @@ class WebhookSender:
             )
             return
         base = self.public_base_url or pred.base_url or ""
-        body = json.dumps(prediction_data(pred, base, self.storage), separators=(",", ":"))
+        body = json.dumps(webhook_data(pred, base, self.storage), separators=(",", ":"))
         secret = await account_secret(self.engine, pred.account_id)
+        # Rows record their dialect once several dialects exist; until then all are v3.
+        dialect = getattr(pred, "dialect", None) or "v3"
+        scheme = await account_scheme(self.engine, pred.account_id, dialect)
         status_code: int | None = None
         error = ""
         try:
-            status_code = await self._post(row.url, delivery_id, body, secret)
+            status_code = await self._post(row.url, delivery_id, body, secret, scheme)
             ok = 200 <= status_code < 300
             if not ok:
                 error = f"the receiver answered HTTP {status_code}"
@@ -197,26 +211,25 @@ class WebhookSender:
             delivery_id, attempts, ok=ok, final=final, error=error, status_code=status_code
         )
 
-    async def _post(self, url: str, msg_id: str, body: str, secret: str) -> int:
+    async def _post(self, url: str, msg_id: str, body: str, secret: str, scheme: str) -> int:
         # The same guard as image fetching, at every attempt: DNS may have changed.
         target, addresses = await resolve_destination(url, self.policy, field="webhook")
-        now = utcnow()
-        signature = Webhook(secret).sign(msg_id, now, body)
+        raw = body.encode()
+        # Signed at each attempt with the time of that attempt: receivers refuse a
+        # timestamp older than 5 minutes, and retries come later than that.
         request_url, headers, extensions = pinned_request(target, addresses[0])
         headers.update(
             {
                 "Content-Type": "application/json",
                 "User-Agent": "reelgate-webhooks/1",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(int(now.timestamp())),
-                "webhook-signature": signature,
+                **signature_headers(scheme, secret, msg_id, utcnow(), raw),
             }
         )
         async with httpx.AsyncClient(
             trust_env=False, follow_redirects=False, timeout=self.timeout_s
         ) as client:
             response = await client.post(
-                request_url, content=body.encode(), headers=headers, extensions=extensions
+                request_url, content=raw, headers=headers, extensions=extensions
             )
         return response.status_code
 

@@ -23,11 +23,16 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from reelgate.media.storage import LocalStorage, Storage, UrlSigner, _safe_key
+from reelgate.media.storage import LocalStorage, Storage, TooLarge, UrlSigner, _safe_key
 
 __all__ = ["S3Storage", "StorageUnavailable", "build_storage", "parse_s3_url"]
 
 CONTENT_TYPE = "video/mp4"
+
+
+def content_type_of(key: str) -> str:
+    """Videos, and the JPEG poster frames stored beside them."""
+    return "image/jpeg" if key.endswith(".jpg") else CONTENT_TYPE
 
 # SigV4 presigned URLs cannot outlive a week; S3 refuses longer ones when they are used,
 # so refuse them when the server starts instead.
@@ -132,7 +137,7 @@ class S3Storage:
                 str(src),
                 self.bucket,
                 obj,
-                ExtraArgs={"ContentType": CONTENT_TYPE},
+                ExtraArgs={"ContentType": content_type_of(key)},
                 Config=self._transfer,
             )
         except (S3UploadFailedError, ClientError, BotoCoreError) as exc:
@@ -168,6 +173,23 @@ class S3Storage:
         await asyncio.to_thread(
             self._client.delete_object, Bucket=self.bucket, Key=self.object_key(key)
         )
+
+    async def read_bytes(self, key: str, max_bytes: int) -> bytes:
+        """The whole object, for answers that carry it inline (enable_base64_output). The
+        size is read first (HEAD), so an oversized object is never downloaded; a missing one
+        raises FileNotFoundError, as LocalStorage does."""
+        obj = self.object_key(key)
+        try:
+            head = await asyncio.to_thread(self._client.head_object, Bucket=self.bucket, Key=obj)
+            size = int(head.get("ContentLength", 0))
+            if size > max_bytes:
+                raise TooLarge(key, size, max_bytes)
+            answer = await asyncio.to_thread(self._client.get_object, Bucket=self.bucket, Key=obj)
+            return await asyncio.to_thread(answer["Body"].read)
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND_CODES:
+                raise FileNotFoundError(f"s3://{self.bucket}/{obj}") from None
+            raise StorageUnavailable(f"reading s3://{self.bucket}/{obj} failed: {exc}") from exc
 
     def url(self, key: str, base_url: str) -> str:
         """A URL the client downloads the video from; ``base_url`` (our own address) is

@@ -7,6 +7,7 @@ a web server in front of the same directory) replaces the signed URLs.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -23,6 +24,15 @@ class Storage(Protocol):
     async def delete(self, key: str) -> None: ...
     async def check(self) -> None: ...
     def url(self, key: str, base_url: str) -> str: ...
+    async def read_bytes(self, key: str, max_bytes: int) -> bytes: ...
+
+
+class TooLarge(Exception):
+    """An object is bigger than the caller may hold in memory; nothing was read."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        super().__init__(f"{key} is {size} bytes, over the limit of {limit} bytes")
+        self.key, self.size, self.limit = key, size, limit
 
 
 def _safe_key(key: str) -> str:
@@ -65,6 +75,11 @@ class LocalStorage:
         return self.root / _safe_key(key)
 
     async def put_file(self, key: str, src: Path) -> None:
+        # In a thread: an fsync can take 100s of ms on a busy disk, and on the event loop
+        # it held up every answer of the process (found profiling held sync requests).
+        await asyncio.to_thread(self._put_file, key, src)
+
+    def _put_file(self, key: str, src: Path) -> None:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
@@ -88,6 +103,16 @@ class LocalStorage:
         probe = self.root / f".ready-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
+
+    async def read_bytes(self, key: str, max_bytes: int) -> bytes:
+        """The whole object, for answers that carry it inline (enable_base64_output).
+        The size is checked first, so an oversized file is never read; a missing one
+        raises FileNotFoundError."""
+        path = self.path(key)
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise TooLarge(key, size, max_bytes)
+        return await asyncio.to_thread(path.read_bytes)
 
     def url(self, key: str, base_url: str) -> str:
         if self.public_base_url:

@@ -28,6 +28,7 @@ __all__ = [
     "VideoInfo",
     "check_video",
     "encode_mp4",
+    "poster_frame",
     "probe_video",
     "read_frame",
 ]
@@ -189,6 +190,29 @@ def read_frame(path: Path, index: int = 0) -> Image.Image:
                 rgb = frame.to_ndarray(format="rgb24", interpolation=_DECODE_INTERPOLATION)
                 return Image.fromarray(rgb, "RGB")
     raise IndexError(f"the video has no frame {index}")
+
+
+def poster_frame(video: Path, dest: Path, *, at_s: float = 1.0, max_width: int = 480) -> Path:
+    """Write a JPEG still of ``video`` (the first frame at or after ``at_s``, or the last
+    one of a shorter video), at most ``max_width`` wide: the thumbnail lists show.
+
+    Decodes from the start instead of seeking: our videos are seconds long, and a seek
+    lands on a keyframe that may be far from ``at_s``."""
+    chosen = None
+    with av.open(str(video), "r") as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            chosen = frame
+            if frame.time is not None and frame.time >= at_s:
+                break
+        if chosen is None:
+            raise InvalidVideo("the video has no frames")
+        image = chosen.to_image()
+    if image.width > max_width:
+        image = image.resize((max_width, max(1, round(image.height * max_width / image.width))))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    image.save(dest, "JPEG", quality=80)
+    return dest
 
 
 # --- writing -------------------------------------------------------------------------

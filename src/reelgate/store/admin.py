@@ -38,6 +38,8 @@ def _account(row: Any) -> dict[str, Any]:
         "rate_per_minute": m["rate_per_minute"],
         "max_concurrent": m["max_concurrent"],
         "disabled": m["disabled_at"] is not None,
+        # null: the dialect's default (WaveSpeed's v3 signature for the v3 dialect).
+        "webhook_scheme": m["webhook_scheme"],
         "created_at": _iso(m["created_at"]),
     }
 
@@ -120,6 +122,16 @@ class AdminStore:
                 await conn.execute(
                     update(accounts).where(accounts.c.id == account_id).values(**values)
                 )
+        return await self.get_account(account_id)
+
+    async def set_webhook_scheme(self, account_id: str, scheme: str | None) -> dict[str, Any]:
+        """How the account's webhooks are signed; None goes back to the dialect's default.
+        The caller checks the name (the schemes live in jobs/signing.py)."""
+        await self.get_account(account_id)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(accounts).where(accounts.c.id == account_id).values(webhook_scheme=scheme)
+            )
         return await self.get_account(account_id)
 
     async def create_key(

@@ -95,6 +95,7 @@ class Prediction:
     outputs_deleted_at: datetime | None = None
     progress: dict[str, Any] | None = None
     cancel_requested_at: datetime | None = None
+    poster: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -108,7 +109,8 @@ class Prediction:
         return max(0, int((end - self.started_at).total_seconds() * 1000))
 
 
-_NULLABLE = ("lease_owner", "lease_expires_at", "upstream_ref", "started_at", "completed_at")
+_NULLABLE = ("lease_owner", "lease_expires_at", "upstream_ref", "started_at", "completed_at",
+             "poster")
 
 
 def _prediction(row: Any) -> Prediction:
@@ -458,8 +460,10 @@ class Store:
         """End a running row the user cancelled (by its lease holder); nothing is charged."""
         return await self._finish(prediction_id, owner, status=CANCELLED, error=error)
 
-    async def complete(self, prediction_id: str, owner: str, outputs: list[str]) -> bool:
-        return await self._finish(prediction_id, owner, status=COMPLETED, outputs=outputs)
+    async def complete(self, prediction_id: str, owner: str, outputs: list[str],
+                       poster: str | None = None) -> bool:
+        return await self._finish(prediction_id, owner, status=COMPLETED, outputs=outputs,
+                                  poster=poster)
 
     async def fail(self, prediction_id: str, owner: str | None, error: str, *,
                    nsfw: bool = False) -> bool:
@@ -548,6 +552,7 @@ class Store:
         until: datetime | None = None,
         page: int = 1,
         page_size: int = 20,
+        scene: str | None = None,
     ) -> tuple[list[Prediction], int]:
         """One page of an account's predictions, newest first, and the total matching."""
         cond = [predictions.c.account_id == account_id]
@@ -555,6 +560,8 @@ class Store:
             cond.append(predictions.c.status == status)
         if model:
             cond.append(predictions.c.model == model)
+        if scene:
+            cond.append(predictions.c.scene == scene)
         if since:
             cond.append(predictions.c.created_at >= since)
         if until:
@@ -581,7 +588,7 @@ class Store:
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(predictions.c.outputs).where(
+                    select(predictions.c.outputs, predictions.c.poster).where(
                         predictions.c.id == prediction_id,
                         predictions.c.account_id == account_id,
                         predictions.c.status.in_(ENDED),
@@ -594,6 +601,7 @@ class Store:
             await conn.execute(
                 update(predictions)
                 .where(predictions.c.id == prediction_id)
-                .values(outputs=[], outputs_deleted_at=now, updated_at=now)
+                .values(outputs=[], poster=None, outputs_deleted_at=now, updated_at=now)
             )
-        return list(row[0] or [])
+        # The poster frame is a picture of the video: it goes with it.
+        return list(row[0] or []) + ([row[1]] if row[1] else [])

@@ -69,8 +69,11 @@ accounts = Table(
     Column("rate_per_minute", Integer, nullable=True),
     Column("max_concurrent", Integer, nullable=True),
     Column("disabled_at", UTCDateTime(), nullable=True),
-    # Standard Webhooks signing secret ("whsec_..."), made on first use.
+    # Webhook signing secret ("whsec_..."), made on first use.
     Column("webhook_secret", String(100), nullable=True),
+    # How webhooks are signed (jobs/signing.py): "wavespeed" or "standard"; NULL means the
+    # dialect's default (WaveSpeed's v3 form for the v3 dialect).
+    Column("webhook_scheme", String(16), nullable=True),
 )
 
 api_keys = Table(
@@ -130,6 +133,8 @@ predictions = Table(
     Column("progress", JSON, nullable=True),
     # The user asked to stop a running prediction; its worker ends it between two steps.
     Column("cancel_requested_at", UTCDateTime(), nullable=True),
+    # Storage key of a JPEG poster frame taken from the video when it was stored.
+    Column("poster", Text, nullable=True),
     Index("ix_predictions_account_created", "account_id", "created_at"),
     Index("ix_predictions_status_lease", "status", "lease_expires_at"),
 )

@@ -1,7 +1,7 @@
 """local backend: progress of a running prediction, and cancel requests
 
 Revision ID: 0004_i12
-Revises: 0003
+Revises: 0004_i16 (chained after main's migrations at the merge)
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 import reelgate.store.tables
 
 revision = "0004_i12"
-down_revision = "0003"
+down_revision = "0004_i16"
 branch_labels = None
 depends_on = None
 

@@ -584,6 +584,10 @@ async def _no_upstream(ref: str) -> None:
     return None
 
 
+async def _no_progress(step: int, steps: int) -> bool:
+    return False
+
+
 def _exit_with(parent: int) -> None:
     # A pool's worker holds both ends of its task pipe, so it never sees EOF when the
     # server is SIGKILLed; without this it would wait for work forever.
@@ -685,9 +689,10 @@ class SandboxBackend:
                 render_sandbox_video, job, out_path, fps=self.fps, max_height=self.max_height
             )
             return out_path
-        # The checkpoint callback is a closure over the runner: not for another process
-        # (and unused here, the sandbox has no upstream).
-        portable = dataclasses.replace(job, checkpoint=_no_upstream)
+        # The checkpoint and progress callbacks are closures over the runner: not for another
+        # process (and unused here: the sandbox has no upstream and no steps).
+        portable = dataclasses.replace(job, checkpoint=_no_upstream,
+                                       report_progress=_no_progress)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor(), _render_in_child, portable, out_path,

@@ -37,8 +37,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerProcess:
     """``reelgate serve`` in its own process, configured through REELGATE_* variables."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
+                 start_timeout: float = 30) -> None:
         self.data_dir = data_dir
+        self.start_timeout = start_timeout
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -61,7 +63,7 @@ class ServerProcess:
             stdout=log,
             stderr=log,
         )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, self.start_timeout)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
@@ -336,9 +338,10 @@ def cluster(tmp_path: Path, pg_url: str, redis_url: str):  # type: ignore[no-unt
             started.append(srv)
             return srv
 
-        def worker(self, extra: dict[str, str] | None = None) -> WorkerProcess:
+        def worker(self, extra: dict[str, str] | None = None,
+                   args: tuple[str, ...] = ()) -> WorkerProcess:
             base = ServerProcess(data_dir, {**self.env, **(extra or {})}).env
-            w = WorkerProcess(data_dir, base).start()
+            w = WorkerProcess(data_dir, base, args).start()
             started.append(w)
             return w
 

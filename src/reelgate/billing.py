@@ -69,6 +69,8 @@ class PriceTable:
             base = own[f"{resolution}/silent"]
         elif resolution in own:
             base = own[resolution]
+        elif (local := catalog.local_config(model)) is not None:
+            base = local.price_micros  # the operator's own price for its GPUs
         else:
             base = GOOGLE_PRICES[catalog.MODELS[model].tier][resolution]
         # Round up to a whole micro-unit: the operator never sells below the configured price.
@@ -79,8 +81,8 @@ class PriceTable:
 
     def table(self) -> list[dict[str, Any]]:
         rows = []
-        for m in catalog.MODELS.values():
-            for res in catalog.RESOLUTIONS:
+        for m in [*catalog.MODELS.values(), *catalog.LOCAL_MODELS.values()]:
+            for res in (m.local.sizes if m.local is not None else catalog.RESOLUTIONS):
                 rows.append(
                     {
                         "model": m.public_id,

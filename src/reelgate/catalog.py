@@ -6,7 +6,8 @@ new model or a changed rule is one edit here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 PROVIDER = "google"
 
@@ -54,10 +55,12 @@ class Model:
     tier: str  # "standard", "fast" or "pro"
     scenes: tuple[str, ...]
     description: str
+    # The operator's declaration, for a model served by the local backend.
+    local: Any = field(default=None, compare=False, repr=False)
 
     @property
     def public_id(self) -> str:
-        return f"{PROVIDER}/{self.name}"
+        return public_model(self.name)
 
     def supports(self, scene: str) -> bool:
         return scene in self.scenes
@@ -77,6 +80,27 @@ MODELS: dict[str, Model] = {
         Model("veo3.1-pro", "veo3.1", "pro", _NO_REFERENCE, "Veo 3.1 Pro: highest quality"),
     )
 }
+
+
+# Operator-declared local models ("local/<name>" -> Model), and the Veo names that one of
+# them serves; filled from the local models file (backends/local/config.py) at start-up.
+LOCAL_MODELS: dict[str, Model] = {}
+LOCAL_ALIASES: dict[str, str] = {}
+
+
+def find(name: str) -> Model | None:
+    return MODELS.get(name) or LOCAL_MODELS.get(name)
+
+
+def local_config(name: str) -> Any:
+    """The local model declaration serving ``name`` (its own path or a Veo alias), or None."""
+    entry = LOCAL_MODELS.get(LOCAL_ALIASES.get(name, name))
+    return entry.local if entry is not None else None
+
+
+def public_model(name: str) -> str:
+    """The provider-qualified model path clients see ("google/veo3", "local/wan2.2-5b")."""
+    return name if "/" in name else f"{PROVIDER}/{name}"
 
 
 def frame_size(resolution: str, aspect_ratio: str) -> tuple[int, int]:

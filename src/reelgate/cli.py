@@ -15,6 +15,7 @@ from rich.table import Table
 
 from reelgate import cli_user
 from reelgate.cli_google import google_app
+from reelgate.cli_local import local_app
 from reelgate.errors import ApiError
 from reelgate.settings import Settings
 
@@ -31,6 +32,7 @@ app.add_typer(accounts_app, name="accounts")
 app.command("generate")(cli_user.generate)
 app.add_typer(cli_user.predictions_app, name="predictions")
 app.add_typer(google_app, name="google")
+app.add_typer(local_app, name="local")
 err = Console(stderr=True)
 
 
@@ -55,7 +57,15 @@ def serve(
 @app.command()
 def worker(
     backends: str = typer.Option(
-        None, help="Comma-separated backends to run (default: every configured backend)."
+        None, "--backends", "--backend",
+        help="Comma-separated backends to run (default: every configured backend).",
+    ),
+    device: str = typer.Option(
+        None, help="Torch device for the local backend (cuda:0, cuda:1, cpu); one process "
+        "per GPU."
+    ),
+    preload: bool = typer.Option(
+        True, help="Load every declared local model before taking work (kept warm)."
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
     metrics_port: int = typer.Option(
@@ -76,6 +86,8 @@ def worker(
     overrides: dict[str, Any] = {}
     if backends:
         overrides["only_backends"] = [b.strip() for b in backends.split(",") if b.strip()]
+    if device:
+        overrides["local_device"] = device
     settings = Settings(**overrides)
     if not settings.queue_url:
         err.print("[red]error:[/red] set REELGATE_QUEUE_URL=redis://... to run separate "
@@ -88,6 +100,11 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         services = await Services.open(settings, run_workers=True)
+        local = services.backends.get("local")
+        if preload and local is not None:
+            # Weights load once per process and stay warm; a prediction that arrives
+            # meanwhile waits for the same (single) GPU thread.
+            await local.preload()  # type: ignore[attr-defined]
         logging.getLogger("reelgate").info("worker started: backends %s",
                                            ", ".join(services.backends))
         refresher = None

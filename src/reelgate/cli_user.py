@@ -34,7 +34,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from reelgate.client import (
@@ -189,21 +189,31 @@ def _progress_display(label: str) -> Iterator[Callable[[Prediction], None]]:
     animated display means nothing there."""
     start = time.monotonic()
     if _err.is_terminal:
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                   TimeElapsedColumn())
         with Progress(*columns, console=_err, transient=False) as progress:
             task = progress.add_task(f"{label} [cyan]created[/cyan]", total=None)
 
             def show(pred: Prediction) -> None:
-                progress.update(task, description=f"{label} [cyan]{pred.status}[/cyan]")
+                steps = pred.progress
+                if steps is None:
+                    progress.update(task, description=f"{label} [cyan]{pred.status}[/cyan]")
+                    return
+                # A local model reports its denoising: the bar fills step by step.
+                progress.update(task, total=steps[1], completed=steps[0],
+                                description=f"{label} [cyan]{pred.status}[/cyan] "
+                                f"step {steps[0]}/{steps[1]}")
 
             yield show
         return
     last: list[str] = []
 
     def log(pred: Prediction) -> None:
-        if not last or last[-1] != pred.status:
-            last.append(pred.status)
-            _err.print(f"{label} {pred.status} ({time.monotonic() - start:.1f} s)")
+        steps = pred.progress
+        state = pred.status if steps is None else f"{pred.status} step {steps[0]}/{steps[1]}"
+        if not last or last[-1] != state:
+            last.append(state)
+            _err.print(f"{label} {state} ({time.monotonic() - start:.1f} s)")
 
     yield log
 
@@ -219,7 +229,8 @@ def _scene_for(scene: str | None, image: str | None, refs: list[str]) -> str:
 def generate(
     prompt: str = typer.Argument(..., help="What the video shows; audio cues are allowed."),
     model: str = typer.Option("veo3.1-fast", "--model", "-m",
-                              help="veo3, veo3-fast, veo3-pro, veo3.1, veo3.1-fast, veo3.1-pro."),
+                              help="veo3, veo3-fast, veo3-pro, veo3.1, veo3.1-fast, veo3.1-pro, or "
+                              "local/<name> for a model served from the operator's GPUs."),
     image: str = typer.Option(None, "--image", "-i", show_default=False,
                               help="First frame: a local image file (uploaded) or a URL."),
     last_image: str = typer.Option(None, "--last-image", show_default=False,

@@ -263,6 +263,14 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _create_path(model: str, scene: str) -> str:
+    """``veo3.1-fast`` and ``google/veo3.1-fast`` are Google's models; ``local/<name>`` a
+    model the operator serves from its own GPUs."""
+    provider, _, name = model.rpartition("/")
+    return (f"/api/v3/{quote(provider or 'google', safe='')}/{quote(name, safe='')}/"
+            f"{quote(scene, safe='')}")
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One prediction, as the API described it when it was read."""
@@ -302,6 +310,15 @@ class Prediction:
             cost=str(data.get("cost") or ""),
             raw=dict(data),
         )
+
+    @property
+    def progress(self) -> tuple[int, int] | None:
+        """(step, steps) of a local model's denoising, when the server reports it."""
+        p = self.raw.get("progress")
+        if isinstance(p, Mapping) and isinstance(p.get("step"), int) and \
+                isinstance(p.get("steps"), int):
+            return int(p["step"]), int(p["steps"])
+        return None
 
     @property
     def done(self) -> bool:
@@ -608,7 +625,7 @@ class Client(_Base):
         for attempt in range(self.create_retries + 1):
             try:
                 data = self._call(
-                    "POST", f"/api/v3/google/{quote(model, safe='')}/{quote(scene, safe='')}",
+                    "POST", _create_path(model, scene),
                     json=body, params={"webhook": webhook} if webhook else None,
                     timeout=self._sync_timeout() if sync else None, headers=headers,
                 )
@@ -846,7 +863,7 @@ class AsyncClient(_Base):
         for attempt in range(self.create_retries + 1):
             try:
                 data = await self._call(
-                    "POST", f"/api/v3/google/{quote(model, safe='')}/{quote(scene, safe='')}",
+                    "POST", _create_path(model, scene),
                     json=body, params={"webhook": webhook} if webhook else None,
                     timeout=self._sync_timeout() if sync else None, headers=headers,
                 )

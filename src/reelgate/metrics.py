@@ -39,6 +39,11 @@ PREDICTIONS_UNFINISHED = Gauge(
     ["status"],
 )
 QUEUE_DEPTH = Gauge("reelgate_queue_depth", "Dispatches waiting to be run", ["backend"])
+GENERATION_PROGRESS = Gauge(
+    "reelgate_generation_progress",
+    "Fraction of denoising steps done by the prediction this worker runs (local backend)",
+    ["backend", "model"],
+)
 IN_FLIGHT = Gauge("reelgate_worker_in_flight", "Predictions this process is running")
 BACKEND_LATENCY = Histogram(
     "reelgate_backend_seconds", "Time a backend took to produce a video", ["backend"],

@@ -24,9 +24,9 @@ def prediction_data(pred: Prediction, base_url: str, storage: Storage) -> dict[s
     else:
         nsfw = []
     ms = pred.execution_ms
-    return {
+    data: dict[str, Any] = {
         "id": pred.id,
-        "model": f"{catalog.PROVIDER}/{pred.model}/{pred.scene}",
+        "model": f"{catalog.public_model(pred.model)}/{pred.scene}",
         "outputs": outputs,
         "urls": {"get": f"{base}/api/v3/predictions/{pred.id}/result"},
         "status": pred.status,
@@ -42,6 +42,15 @@ def prediction_data(pred: Prediction, base_url: str, storage: Storage) -> dict[s
         "cost": billing.format_money(pred.price if pred.status not in (FAILED, "cancelled")
                                      else 0),
     }
+    if pred.progress is not None:
+        # Denoising progress from a local worker (step i of n); absent for other backends.
+        step, steps = int(pred.progress.get("step", 0)), int(pred.progress.get("steps", 0))
+        data["progress"] = {
+            "step": step if not completed else steps,
+            "steps": steps,
+            "percent": 100.0 if completed else round(100.0 * step / max(1, steps), 1),
+        }
+    return data
 
 
 # The request fields a webhook body echoes back as "input" (WaveSpeed's webhook payload has

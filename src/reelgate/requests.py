@@ -122,9 +122,10 @@ class CreateRequest:
 
 
 def resolve_model_scene(model: str, scene: str) -> catalog.Model:
-    m = catalog.MODELS.get(model)
+    m = catalog.find(model)
     if m is None:
-        raise NotFound(f"Unknown model '{model}'. Available: {', '.join(catalog.MODELS)}")
+        available = [*catalog.MODELS, *catalog.LOCAL_MODELS]
+        raise NotFound(f"Unknown model '{model}'. Available: {', '.join(available)}")
     if scene not in catalog.SCENES:
         raise NotFound(f"Unknown scene '{scene}'. Available: {', '.join(catalog.SCENES)}")
     if not m.supports(scene):
@@ -259,9 +260,17 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         enable_sync_mode=_default(b.enable_sync_mode, "enable_sync_mode"),
         negative_prompt=negative_prompt,
         seed=seed,
-        generate_audio=_default(b.generate_audio, "generate_audio"),
+        generate_audio=_audio(b.generate_audio, m),
         enable_base64_output=_default(b.enable_base64_output, "enable_base64_output"),
     )
+
+
+def _audio(value: bool | None, m: catalog.Model) -> bool:
+    # A silent local model defaults to silent: only an explicit ask for audio is refused.
+    local = catalog.local_config(m.name)
+    if value is None and local is not None:
+        return bool(local.audio)
+    return _default(value, "generate_audio")
 
 
 def _default(value: bool | None, name: str) -> bool:

@@ -53,6 +53,10 @@ class Services:
         """Open every adapter. ``run_workers`` None means: as the settings say (embedded
         servers run workers in-process; with a Redis queue, API processes do not)."""
         settings.ensure_dirs()
+        from reelgate.backends.local.config import install as install_local_models
+
+        # Declared local models join the catalog (routes, validation, prices, model list).
+        install_local_models(settings.local_models_file)
         engine = create_engine(settings.resolved_database_url,
                                pool_size=settings.db_pool_size,
                                max_overflow=settings.db_max_overflow,

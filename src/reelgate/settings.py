@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     # many as worker_concurrency, at most the CPU count.
     sandbox_render_processes: int | None = None
 
+    # --- local backend (GPU workers, backends/local) -------------------------------------
+    # TOML file declaring the models served from this operator's GPUs; empty: none.
+    local_models_file: Path | None = None
+    # Torch device of this worker process (`reelgate worker --device cuda:0`).
+    local_device: str = "cuda"
+    # Torch CPU threads for a CPU device (tests, benchmarks); 0 keeps torch's default.
+    local_torch_threads: int = 0
+
     # --- input fetching --------------------------------------------------------------------
     fetch_max_bytes: int = 20 * 1024 * 1024
     # Largest JSON request body; 0: room for three data: URI images of fetch_max_bytes each
@@ -206,11 +214,15 @@ class Settings(BaseSettings):
 
     def all_backends(self) -> list[str]:
         names = {self.default_backend, *self.model_backends.values(), "sandbox"}
+        if self.local_models_file:
+            names.add("local")
         return sorted(names)
 
     def concurrency_for(self, backend: str) -> int:
         if backend in self.backend_concurrency:
             return self.backend_concurrency[backend]
+        if backend == "local":
+            return 1  # one GPU holds one generation at a time unless the operator says more
         return self.worker_concurrency if backend == "sandbox" else _remote_default()
 
     @cached_property

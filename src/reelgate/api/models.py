@@ -33,6 +33,33 @@ def _google_upstream(name: str) -> dict[str, Any]:
     }
 
 
+def _local_row(m: catalog.Model) -> dict[str, Any]:
+    lm = m.local
+    return {
+        "model": m.public_id,
+        "name": m.name,
+        "description": m.description,
+        "scenes": list(m.scenes),
+        "aspect_ratios": list(catalog.ASPECT_RATIOS),
+        "resolutions": [r for r in catalog.RESOLUTIONS if r in lm.sizes],
+        "durations": list(catalog.DURATIONS),
+        "backend": "local",
+        "family": lm.family,
+        "capabilities": {
+            "audio": lm.audio,
+            "last_image": lm.takes_last_frame,
+            "fps": lm.fps,
+            "frame_sizes": {r: list(wh) for r, wh in lm.sizes.items()},
+            "default_steps": lm.steps,
+            "guidance": lm.guidance,
+            "audio_fallback": lm.audio_fallback,
+            "resolution_fallback": lm.resolution_fallback,
+        },
+        "serves": list(lm.serves),
+        "price_per_second": lm.price_per_second,
+    }
+
+
 @router.get("/models", summary="List the models this server offers")
 async def list_models(request: Request) -> dict[str, Any]:
     settings = request.app.state.services.settings
@@ -55,5 +82,11 @@ async def list_models(request: Request) -> dict[str, Any]:
             if offered:
                 # Keep the catalog's order; only what some channel's model can make.
                 row["resolutions"] = [r for r in catalog.RESOLUTIONS if r in offered]
+        if backend == "local":
+            local = catalog.local_config(m.name)
+            row["served_by"] = local.path
+            row["resolutions"] = [r for r in catalog.RESOLUTIONS if r in local.sizes]
         data.append(row)
+    for m in catalog.LOCAL_MODELS.values():
+        data.append(_local_row(m))
     return {"code": 200, "message": "success", "data": data}

@@ -9,6 +9,12 @@ class Urls(BaseModel):
     get: str = Field(description="Absolute URL to read this prediction.")
 
 
+class Progress(BaseModel):
+    step: int = Field(description="Denoising steps done.")
+    steps: int = Field(description="Denoising steps in all.")
+    percent: float
+
+
 class PredictionData(BaseModel):
     id: str
     model: str = Field(description='e.g. "google/veo3.1-fast/text-to-video"')
@@ -22,6 +28,9 @@ class PredictionData(BaseModel):
     created_at: str
     dialect: str = Field("v3", description="The API it was asked through: v3, google, openai")
     cost: str = Field("0.000000", description="Held or charged price; 0 once refunded.")
+    progress: Progress | None = Field(
+        None, description="Local backend only: step i of n while it denoises (absent "
+        "for other backends).")
 
 
 class PredictionEnvelope(BaseModel):

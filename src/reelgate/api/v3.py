@@ -31,6 +31,9 @@ router = APIRouter(prefix="/api/v3", responses=ERROR_RESPONSES)
 TOO_LARGE = {413: {"model": ErrorBody, "description": "enable_base64_output: the video is over "
                    "REELGATE_BASE64_OUTPUT_MAX_BYTES; the message says how to get its URL"}}
 
+# Backends whose workers stop a running prediction between steps when it is cancelled.
+CANCELLABLE_WHILE_RUNNING = ("local",)
+
 
 def services_of(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
@@ -73,6 +76,7 @@ async def _json_body(request: Request) -> Any:
 @router.post(
     "/google/{model}/{scene}",
     response_model=PredictionEnvelope,
+    response_model_exclude_unset=True,
     summary="Create a prediction",
     responses={**TOO_LARGE,
                409: {"model": ErrorBody,
@@ -128,6 +132,32 @@ async def create_prediction(
     return answer
 
 
+@router.post(
+    "/local/{model}/{scene}",
+    response_model=PredictionEnvelope,
+    response_model_exclude_unset=True,
+    summary="Create a prediction on a model served from this operator's GPUs",
+    responses=TOO_LARGE,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}
+            },
+        }
+    },
+)
+async def create_local_prediction(
+    model: str,
+    scene: str,
+    request: Request,
+    webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
+    key: KeyRecord = Depends(require_key),
+) -> dict[str, Any] | Response:
+    # The same door as Veo: the row's model is the public path "local/<name>".
+    return await create_prediction(f"local/{model}", scene, request, webhook, key)
+
+
 async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Prediction, bool]:
     """Hold a sync-mode request until the prediction ends or the ceiling passes; says
     whether it ended. The prediction is stored already, so nothing here may turn the answer
@@ -165,6 +195,7 @@ BASE64_QUERY = Query(
 @router.get(
     "/predictions/{prediction_id}/result",
     response_model=PredictionEnvelope,
+    response_model_exclude_unset=True,
     summary="Read a prediction (Query Result)",
     responses=TOO_LARGE,
 )
@@ -176,8 +207,8 @@ async def get_result(
 
 
 @router.get(
-    "/predictions/{prediction_id}", response_model=PredictionEnvelope, summary="Read a prediction",
-    responses=TOO_LARGE,
+    "/predictions/{prediction_id}", response_model=PredictionEnvelope,
+    response_model_exclude_unset=True, summary="Read a prediction", responses=TOO_LARGE,
 )
 async def get_prediction(
     prediction_id: str, request: Request, key: KeyRecord = Depends(require_key),
@@ -254,11 +285,17 @@ async def list_predictions_post(request: Request,
 
 
 @router.post("/predictions/{prediction_id}/cancel", response_model=PredictionEnvelope,
-             summary="Cancel a prediction that has not started")
+             response_model_exclude_unset=True,
+             summary="Cancel a prediction that has not started (or a running local one)")
 async def cancel_prediction(prediction_id: str, request: Request,
                             key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
     services = services_of(request)
     if not await services.store.cancel(prediction_id, key.account_id):
+        # A running prediction on a backend that stops between denoising steps: its worker
+        # ends it at the next step (the answer still says processing until then).
+        if await services.store.request_cancel(prediction_id, key.account_id,
+                                               CANCELLABLE_WHILE_RUNNING):
+            return await _read(prediction_id, request, key)
         pred = await services.store.get(prediction_id, account_id=key.account_id)
         if pred is None:
             raise NotFound(f"Prediction '{prediction_id}' not found")
@@ -269,6 +306,7 @@ async def cancel_prediction(prediction_id: str, request: Request,
 
 
 @router.delete("/predictions/{prediction_id}/outputs", response_model=PredictionEnvelope,
+               response_model_exclude_unset=True,
                summary="Delete a prediction's stored videos")
 async def delete_outputs(prediction_id: str, request: Request,
                          key: KeyRecord = Depends(require_key)) -> dict[str, Any]:

@@ -45,11 +45,20 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
     if mix_settings.members:
         backends["mix"] = MixedBackend(mix_settings, backends,
                                        status_path=settings.data_dir / "mix-members.json")
+    if settings.local_models_file:
+        # Imported only when models are declared: torch and diffusers are an optional extra.
+        from reelgate.backends.local.backend import LocalBackend
+
+        backends["local"] = LocalBackend.from_settings(settings)
     return backends
 
 
 def backend_for(model: str, settings: Settings) -> str:
     """The backend a new prediction for ``model`` is routed to."""
+    from reelgate import catalog
+
+    if model in catalog.LOCAL_MODELS or model in catalog.LOCAL_ALIASES:
+        return "local"
     return settings.model_backends.get(model, settings.default_backend)
 
 
@@ -74,4 +83,8 @@ def check_request(backend: str, req: CreateRequest, settings: Settings) -> None:
         from reelgate.backends.mixed import check_mixed_request
 
         check_mixed_request(req, settings)
+    elif backend == "local":
+        from reelgate.backends.local.check import check_local_request
+
+        check_local_request(req)
     return None

@@ -16,6 +16,10 @@ async def _no_intent(intent: str | None) -> None:
     return None
 
 
+async def _no_progress(step: int, steps: int) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Inputs:
     """Input images as fetched and checked at request time (raw encoded bytes)."""
@@ -61,6 +65,11 @@ class Job:
     # "resubmit" (at least once) or "fail" (at most once): also what a backend does when a
     # call's fate is unknown (sent, then the connection broke or timed out).
     on_unconfirmed: str = "resubmit"
+    # A backend that works in steps (local denoising) reports ``(step, steps)`` here; the
+    # answer says whether the user asked to cancel, so it stops before the next step.
+    report_progress: Callable[[int, int], Awaitable[bool]] = field(
+        default=_no_progress, compare=False, repr=False
+    )
 
 
 class BackendError(Exception):
@@ -74,6 +83,15 @@ class BackendError(Exception):
         self.message = message
         self.nsfw = nsfw
         self.retryable = retryable
+
+
+class Cancelled(Exception):
+    """The user cancelled a running prediction and the backend stopped; ``message`` says
+    where (the row ends cancelled and nothing is charged)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class Backend(Protocol):

@@ -584,6 +584,10 @@ async def _no_upstream(ref: str) -> None:
     return None
 
 
+async def _no_progress(step: int, steps: int) -> bool:
+    return False
+
+
 def _exit_with(parent: int) -> None:
     # A pool's worker holds both ends of its task pipe, so it never sees EOF when the
     # server is SIGKILLed; without this it would wait for work forever.

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from reelgate import metrics
-from reelgate.backends.base import Backend, BackendError, Inputs, Job
+from reelgate.backends.base import Backend, BackendError, Cancelled, Inputs, Job
 from reelgate.jobs.notify import LocalNotifier
 from reelgate.logs import prediction_id_var
 from reelgate.media.storage import Storage
@@ -67,6 +67,7 @@ def job_from_row(
     pred: Prediction, inputs: Inputs, checkpoint: Callable[[str], Awaitable[None]],
     intend: Callable[[str | None], Awaitable[None]] | None = None,
     on_unconfirmed: str = "resubmit",
+    report_progress: Callable[[int, int], Awaitable[bool]] | None = None,
 ) -> Job:
     p = pred.params
     extra = {"intend": intend} if intend is not None else {}
@@ -87,6 +88,7 @@ def job_from_row(
         checkpoint=checkpoint,
         on_unconfirmed=on_unconfirmed,
         **extra,
+        **({"report_progress": report_progress} if report_progress else {}),
     )
 
 
@@ -178,6 +180,15 @@ class Runner:
             if intent and not ok:
                 raise BackendError("lease lost", retryable=True)
 
+        async def report_progress(step: int, steps: int) -> bool:
+            metrics.GENERATION_PROGRESS.labels(pred.backend, pred.model).set(
+                step / max(1, steps))
+            cancel = await self.store.set_progress(pred.id, owner,
+                                                   {"step": step, "steps": steps})
+            if cancel is None:
+                raise BackendError("lease lost", retryable=True)
+            return cancel
+
         tmp_root = self.settings.data_dir / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         workdir = ""
@@ -188,7 +199,8 @@ class Runner:
             # Inputs come through the storage layer (local or S3), not this machine's disk.
             inputs = await load_inputs(pred, self.storage, self.settings.data_dir)
             job = job_from_row(pred, inputs, checkpoint, intend,
-                               self.settings.on_unconfirmed_submission(pred.backend))
+                               self.settings.on_unconfirmed_submission(pred.backend),
+                               report_progress)
             started = time.perf_counter()
             video = await backend.generate(job, Path(workdir))
             metrics.BACKEND_LATENCY.labels(pred.backend).observe(
@@ -198,6 +210,11 @@ class Runner:
             key = output_key(pred.id)
             await self.storage.put_file(key, video)
             poster = await self._store_poster(pred.id, video, Path(workdir))
+        except Cancelled as exc:
+            log.info("prediction %s cancelled: %s", pred.id, exc.message)
+            if await self.store.cancel_running(pred.id, owner, exc.message):
+                metrics.PREDICTIONS_ENDED.labels("cancelled", pred.backend).inc()
+            return
         except BackendError as exc:
             log.info("prediction %s failed: %s", pred.id, exc.message)
             kind = "blocked" if exc.nsfw else ("retryable" if exc.retryable else "failed")

@@ -141,7 +141,7 @@ class AdminStore:
 
         await self.get_account(account_id)
         for model in allowed_models or []:
-            if model not in catalog.MODELS:
+            if catalog.find(model) is None:
                 raise ApiError(400, f"models: unknown model '{model}'")
         secret, record = await self.store.create_key(account_id, name, allowed_models)
         return secret, (await self.list_keys(key_id=record.id))[0]

@@ -94,6 +94,8 @@ class Prediction:
     webhook: str | None = None
     base_url: str | None = None
     outputs_deleted_at: datetime | None = None
+    progress: dict[str, Any] | None = None
+    cancel_requested_at: datetime | None = None
     poster: str | None = None
     submit_intent: str | None = None
     idempotency_key: str | None = None
@@ -522,6 +524,47 @@ class Store:
                 .values(submit_intent=None, updated_at=utcnow())
             )
         return result.rowcount == 1
+
+    async def set_progress(self, prediction_id: str, owner: str,
+                           progress: dict[str, Any]) -> bool | None:
+        """Record a running row's progress. Returns whether the user asked to cancel it, or
+        None when ``owner`` no longer holds the row (lease taken over, or ended)."""
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    update(predictions)
+                    .where(predictions.c.id == prediction_id,
+                           predictions.c.status == PROCESSING,
+                           predictions.c.lease_owner == owner)
+                    .values(progress=progress, updated_at=utcnow())
+                    .returning(predictions.c.cancel_requested_at)
+                )
+            ).first()
+        if row is None:
+            return None
+        return row.cancel_requested_at is not None
+
+    async def request_cancel(self, prediction_id: str, account_id: str,
+                             backends: tuple[str, ...]) -> bool:
+        """Ask the worker running a prediction on one of ``backends`` (those that can stop
+        between steps) to stop it; the worker ends the row and releases its hold."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(predictions)
+                .where(predictions.c.id == prediction_id,
+                       predictions.c.account_id == account_id,
+                       predictions.c.status == PROCESSING,
+                       predictions.c.backend.in_(backends))
+                .values(cancel_requested_at=func.coalesce(
+                    predictions.c.cancel_requested_at, literal(now, type_=UTCDateTime())),
+                    updated_at=now)
+            )
+        return result.rowcount == 1
+
+    async def cancel_running(self, prediction_id: str, owner: str, error: str) -> bool:
+        """End a running row the user cancelled (by its lease holder); nothing is charged."""
+        return await self._finish(prediction_id, owner, status=CANCELLED, error=error)
 
     async def complete(self, prediction_id: str, owner: str, outputs: list[str],
                        poster: str | None = None) -> bool:

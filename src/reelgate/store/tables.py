@@ -129,6 +129,10 @@ predictions = Table(
     Column("webhook", Text, nullable=True),
     Column("base_url", Text, nullable=True),
     Column("outputs_deleted_at", UTCDateTime(), nullable=True),
+    # Denoising progress reported by a local worker: {"step": i, "steps": n}.
+    Column("progress", JSON, nullable=True),
+    # The user asked to stop a running prediction; its worker ends it between two steps.
+    Column("cancel_requested_at", UTCDateTime(), nullable=True),
     # Storage key of a JPEG poster frame taken from the video when it was stored.
     Column("poster", Text, nullable=True),
     # A submission recorded as intended before it is sent upstream (JSON: what, where, when).

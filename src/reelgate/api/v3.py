@@ -137,7 +137,9 @@ async def create_prediction(
     response_model=PredictionEnvelope,
     response_model_exclude_unset=True,
     summary="Create a prediction on a model served from this operator's GPUs",
-    responses=TOO_LARGE,
+    responses={**TOO_LARGE,
+               409: {"model": ErrorBody,
+                     "description": "The Idempotency-Key was used with another request"}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -152,10 +154,15 @@ async def create_local_prediction(
     scene: str,
     request: Request,
     webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key",
+        description="As for Veo models: a retry with the same key and body returns the same "
+        "prediction; the same key with another body is a 409."),
     key: KeyRecord = Depends(require_key),
 ) -> dict[str, Any] | Response:
     # The same door as Veo: the row's model is the public path "local/<name>".
-    return await create_prediction(f"local/{model}", scene, request, webhook, key)
+    return await create_prediction(f"local/{model}", scene, request, webhook,
+                                   idempotency_key=idempotency_key, key=key)
 
 
 async def _wait_for_end(services: Services, pred: Prediction) -> tuple[Prediction, bool]:

@@ -35,6 +35,24 @@ TOO_LARGE = {413: {"model": ErrorBody, "description": "enable_base64_output: the
 CANCELLABLE_WHILE_RUNNING = ("local",)
 
 
+# What every create route (Veo models and the operator's local ones) documents and answers.
+CREATE_ROUTE: dict[str, Any] = dict(
+    response_model=PredictionEnvelope,
+    response_model_exclude_unset=True,
+    responses={**TOO_LARGE,
+               409: {"model": ErrorBody,
+                     "description": "The Idempotency-Key was used with another request"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}
+            },
+        }
+    },
+)
+
+
 def services_of(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
@@ -75,20 +93,8 @@ async def _json_body(request: Request) -> Any:
 
 @router.post(
     "/google/{model}/{scene}",
-    response_model=PredictionEnvelope,
-    response_model_exclude_unset=True,
     summary="Create a prediction",
-    responses={**TOO_LARGE,
-               409: {"model": ErrorBody,
-                     "description": "The Idempotency-Key was used with another request"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}
-            },
-        }
-    },
+    **CREATE_ROUTE,
 )
 async def create_prediction(
     model: str,
@@ -134,20 +140,8 @@ async def create_prediction(
 
 @router.post(
     "/local/{model}/{scene}",
-    response_model=PredictionEnvelope,
-    response_model_exclude_unset=True,
     summary="Create a prediction on a model served from this operator's GPUs",
-    responses={**TOO_LARGE,
-               409: {"model": ErrorBody,
-                     "description": "The Idempotency-Key was used with another request"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/CreateBody"}}
-            },
-        }
-    },
+    **CREATE_ROUTE,
 )
 async def create_local_prediction(
     model: str,

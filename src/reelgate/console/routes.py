@@ -27,6 +27,8 @@ from starlette.datastructures import FormData
 from reelgate import billing, catalog, intake
 from reelgate.backends import backend_for
 from reelgate.errors import ApiError, InvalidInput
+from reelgate.jobs.runner import read_input
+from reelgate.media.storage import StorageKeyMissing
 from reelgate.policy import ContentBlocked
 from reelgate.present import prediction_data
 from reelgate.requests import validate_create
@@ -393,12 +395,11 @@ async def _reupload_inputs(request: Request, key: KeyRecord, pred: Prediction) -
     out: dict[str, Any] = {}
 
     async def upload(rel: str) -> str | None:
-        path = services.settings.data_dir / rel
-        if not path.is_file():
+        data = await _input_bytes(services, pred, rel)
+        if data is None:
             return None
-        data = await asyncio.to_thread(path.read_bytes)
         with contextlib.suppress(ApiError):
-            record = await services.uploads.create_ready(key.account_id, path.name,
+            record = await services.uploads.create_ready(key.account_id, Path(rel).name,
                                                          _image_type(data), data)
             return str(services.uploads.download_url(record["id"], record["filename"],
                                                      record["expires_at"], base_url(request)))
@@ -605,12 +606,20 @@ async def prediction_input(request: Request, prediction_id: str, name: str) -> R
             *pred.inputs.get("images", [])]
     for rel in rels:
         if rel and Path(rel).name == name:
-            path = services_of(request).settings.data_dir / rel
-            if path.is_file():
-                data = await asyncio.to_thread(path.read_bytes)
+            data = await _input_bytes(services_of(request), pred, rel)
+            if data is not None:
                 return Response(data, media_type=_image_type(data),
                                 headers={"Cache-Control": "private, max-age=3600"})
     return Response("Not found", status_code=404)
+
+
+async def _input_bytes(services: Services, pred: Prediction, rel: str) -> bytes | None:
+    """A stored input image, wherever it is kept (the storage layer, local or S3, or the data
+    dir for rows accepted before inputs went through the storage); None once it is gone."""
+    try:
+        return await read_input(pred, rel, services.storage, services.settings.data_dir)
+    except (OSError, StorageKeyMissing):
+        return None
 
 
 def _image_type(data: bytes) -> str:

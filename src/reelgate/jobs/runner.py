@@ -43,17 +43,20 @@ UNCONFIRMED_FAILURE = (
 )
 
 
+async def read_input(pred: Prediction, ref: str, storage: Storage, data_dir: Path) -> bytes:
+    """One stored input image of ``pred``: from the storage (where intake puts them), or, for
+    rows accepted before inputs went through the storage, from the data dir."""
+    if pred.inputs.get("storage"):
+        return await storage.get_bytes(ref)
+    return await asyncio.to_thread((data_dir / ref).read_bytes)
+
+
 async def load_inputs(pred: Prediction, storage: Storage, data_dir: Path) -> Inputs:
     """The prediction's input images: from the storage (where intake put them), or, for
     rows accepted before inputs went through the storage, from the data dir."""
-    in_storage = bool(pred.inputs.get("storage"))
 
     async def read(ref: str | None) -> bytes | None:
-        if not ref:
-            return None
-        if in_storage:
-            return await storage.get_bytes(ref)
-        return await asyncio.to_thread((data_dir / ref).read_bytes)
+        return await read_input(pred, ref, storage, data_dir) if ref else None
 
     images = [await read(r) for r in pred.inputs.get("images", [])]
     return Inputs(

@@ -14,7 +14,6 @@ from reelgate.store.tables import (
     PROCESSING,
     UNFINISHED,
     accounts,
-    api_keys,
     predictions,
     utcnow,
 )
@@ -29,33 +28,7 @@ class ConsoleStore:
         """The live key whose SHA-256 is ``key_hash``: a console session keeps the hash,
         never the key, and is looked up again on every request so a revoked key or a
         disabled account ends its sessions at once."""
-        query = (
-            select(
-                api_keys,
-                accounts.c.rate_per_minute,
-                accounts.c.max_concurrent,
-                accounts.c.disabled_at,
-            )
-            .join(accounts, accounts.c.id == api_keys.c.account_id)
-            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
-        )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        m = row._mapping
-        return KeyRecord(
-            id=m["id"],
-            account_id=m["account_id"],
-            name=m["name"],
-            prefix=m["prefix"],
-            created_at=m["created_at"],
-            revoked_at=m["revoked_at"],
-            allowed_models=m["allowed_models"],
-            rate_per_minute=m["rate_per_minute"],
-            max_concurrent=m["max_concurrent"],
-            account_disabled=m["disabled_at"] is not None,
-        )
+        return await self.store.key_by_hash(key_hash)
 
     async def account_name(self, account_id: str) -> str:
         async with self.engine.connect() as conn:

@@ -190,6 +190,10 @@ class Store:
         return secret, record
 
     async def authenticate(self, secret: str) -> KeyRecord | None:
+        return await self.key_by_hash(hash_key(secret))
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        """The live (unrevoked) key whose SHA-256 is ``key_hash``, with its account's limits."""
         query = (
             select(
                 api_keys,
@@ -198,7 +202,7 @@ class Store:
                 accounts.c.disabled_at,
             )
             .join(accounts, accounts.c.id == api_keys.c.account_id)
-            .where(api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None))
+            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()

@@ -140,7 +140,8 @@ def _cache_config(m: LocalModelConfig) -> Any:
         return diffusers.FirstBlockCacheConfig(threshold=m.cache_threshold)
     if m.cache == "mag":
         return diffusers.MagCacheConfig(threshold=m.cache_threshold,
-                                        num_inference_steps=m.steps)
+                                        num_inference_steps=m.steps,
+                                        mag_ratios=m.mag_ratios)
     return diffusers.TaylorSeerCacheConfig()
 
 

@@ -82,6 +82,10 @@ class LocalModelConfig(BaseModel):
     compile: bool = False
     cache: Literal["none", "first_block", "mag", "taylorseer"] = "none"
     cache_threshold: float = 0.05
+    # MagCache skips blocks by the checkpoint's magnitude ratios (one per step, from a
+    # calibration run: diffusers' MagCacheConfig(calibrate=True) prints them); diffusers
+    # refuses MagCache without them.
+    mag_ratios: list[float] | None = None
     max_sequence_length: int | None = None
     # Durations (whole seconds) the model is offered for: a list, or every second up to a
     # maximum; neither: 4, 6 and 8 (what Veo clients send).
@@ -175,6 +179,10 @@ class LocalModelConfig(BaseModel):
             if w % step or h % step:
                 raise ValueError(f"model {self.name}: size {res} {w}x{h} must be multiples of "
                                  f"{step} for the {self.family} family")
+        if self.cache == "mag" and not self.mag_ratios:
+            raise ValueError(f"model {self.name}: cache = \"mag\" needs mag_ratios, the "
+                             "checkpoint's magnitude ratios (run diffusers' "
+                             "MagCacheConfig(calibrate=True) once and copy what it prints)")
         if self.durations is not None and self.max_duration is not None:
             raise ValueError(f"model {self.name}: declare durations or max_duration, not both")
         if (self.default_duration is not None

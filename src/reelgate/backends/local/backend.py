@@ -26,7 +26,7 @@ from reelgate.backends.local.config import (
     config_for,
     install,
 )
-from reelgate.backends.local.families import PIPELINES, build_call
+from reelgate.backends.local.families import PIPELINES, TAYLORSEER_MODULES, build_call
 from reelgate.media.video import AUDIO_SAMPLE_RATE, encode_mp4
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def _cache_config(m: LocalModelConfig) -> Any:
         return diffusers.MagCacheConfig(threshold=m.cache_threshold,
                                         num_inference_steps=m.steps,
                                         mag_ratios=m.mag_ratios)
-    return diffusers.TaylorSeerCacheConfig()
+    return diffusers.TaylorSeerCacheConfig(cache_identifiers=TAYLORSEER_MODULES[m.family])
 
 
 def _to_uint8_frames(video: Any) -> np.ndarray:

@@ -88,7 +88,8 @@ def build_wan(root: Path, seed: int = 0, layers: int = 2, heads: int = 2,
     sched = FlowMatchEulerDiscreteScheduler(shift=5.0)
     dirs = {s: root / f"wan-{s}" for s in ("t2v", "i2v", "vace")}
     WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched,
-                transformer=_wan_transformer(16, layers, heads, head_dim)).save_pretrained(dirs["t2v"])
+                transformer=_wan_transformer(16, layers, heads, head_dim)
+                ).save_pretrained(dirs["t2v"])
     WanImageToVideoPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched,
                             image_processor=None, image_encoder=None,
                             transformer=_wan_transformer(36, layers, heads, head_dim)

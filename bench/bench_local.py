@@ -25,9 +25,11 @@ the per-round ratios:
 CPU (default sizes: a step costs ~50-500 ms here):   python bench/bench_local.py
 A short CI-like run (tiny sizes, 2 rounds):           python bench/bench_local.py --quick
 One family, more rounds:          python bench/bench_local.py --family wan --rounds 9
-On a GPU:   ... --device cuda --dtype bfloat16 --width 832 --height 480 --layers 30 ...
-(the random architectures stay small unless --layers/--heads/--head-dim grow them;
-real-size figures need the real checkpoints declared in a models file.)
+On a GPU, real sizes:   ... --family wan --device cuda --dtype bfloat16 --rounds 3 \
+                          --weights /srv/models/Wan2.1-T2V-1.3B-Diffusers --width 832 \
+                          --height 480 --fps 16 --duration 5 --steps 30
+(without --weights the random architectures stay small unless --layers/--heads/--head-dim
+grow them; their VAE and text encoder stay tiny.)
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Raw:
             num_inference_steps=p["steps"], guidance_scale=args.guidance, output_type="np")
         if family != "wan":
             self.kw["frame_rate"] = p["fps"]
-        if family == "ltx2":
+        if family == "ltx2" and not args.weights:  # the tiny Gemma's short context
             self.kw["max_sequence_length"] = 16
         self.seed, self.steps = args.seed, p["steps"]
 
@@ -139,7 +141,7 @@ class Reelgate:
             sizes = {{ "720p" = [{p["width"]}, {p["height"]}] }}
             steps = {p["steps"]}
             guidance = {args.guidance}
-            {"max_sequence_length = 16" if family == "ltx2" else ""}
+            {"max_sequence_length = 16" if family == "ltx2" and not args.weights else ""}
         """))
         os.environ["REELGATE_TEST_SERVER_LOG"] = "info"
         self.srv = ServerProcess(tmp / "data", {
@@ -207,7 +209,9 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     ours_rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        weights = build(family, tmp / "weights", p)
+        # Real checkpoints (a diffusers directory or a repo id in the HF cache) for
+        # real-size figures on a GPU; otherwise the random architecture built here.
+        weights = Path(args.weights) if args.weights else build(family, tmp / "weights", p)
         raw = Raw(args, family, p, weights, frames)
         ours = Reelgate(args, family, p, weights, tmp)
         try:
@@ -308,12 +312,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weights", help="a real checkpoint to time instead of the random "
+                    "architecture (with --family, --width, --height, --fps, --steps)")
     ap.add_argument("--json", type=Path, help="also write every round's figures here")
     ap.add_argument("--prompt", default="a red car on the city night")
     args = ap.parse_args()
     if args.rounds is None:
         args.rounds = 2 if args.quick else 5
     families = ["wan", "ltx", "ltx2"] if args.family == "all" else [args.family]
+    if args.weights and len(families) > 1:
+        ap.error("--weights needs --family")
     results = [bench_family(args, f) for f in families]
     held = [report(args, r) for r in results]
     if args.json:

@@ -23,13 +23,17 @@ from tests.test_predictions import (  # noqa: F401 - collected here, with the fi
 )
 
 WORKERS_ENV = {"REELGATE_SERVE_WORKERS": "2"}
+# uvicorn's supervisor starts each process by spawning a fresh interpreter that imports the
+# whole app again: on a loaded machine that alone took 17 s, so the default 30 s to answer
+# /healthz (migration, then two spawned imports) is not enough.
+START_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path_factory.mktemp("workers2"), {
         **WORKERS_ENV, "REELGATE_POLICY_BLOCKLIST": "forbidden thing,badword",
-        "REELGATE_SYNC_TIMEOUT_S": "120"}).start()
+        "REELGATE_SYNC_TIMEOUT_S": "120"}, start_timeout=START_TIMEOUT_S).start()
     yield srv
     srv.stop()
 
@@ -46,14 +50,14 @@ def api(server: ServerProcess, key: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def start_server(start_server: Callable[..., ServerProcess]
-                 ) -> Iterator[Callable[..., ServerProcess]]:
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def _start(env: dict[str, str] | None = None, data_dir: Path | None = None) -> ServerProcess:
-        srv = start_server({**WORKERS_ENV, **(env or {})}, data_dir)
+        srv = ServerProcess(data_dir or tmp_path / f"data{len(started)}",
+                            {**WORKERS_ENV, **(env or {})}, start_timeout=START_TIMEOUT_S)
         started.append(srv)
-        return srv
+        return srv.start()
 
     yield _start
     # SIGTERM, so uvicorn's supervisor stops its processes too (SIGKILL would orphan them).

@@ -64,9 +64,15 @@ class Services:
 
         # Declared local models join the catalog (routes, validation, prices, model list).
         install_local_models(settings.local_models_file)
+        # On PostgreSQL the poll's point reads (store/hot.py) have a small pool of their own,
+        # taken out of the engine's overflow so that a process stays within
+        # REELGATE_DB_POOL_SIZE + _DB_MAX_OVERFLOW connections (none left: they read
+        # through the engine).
+        hot_pool = (min(2, settings.db_max_overflow)
+                    if settings.resolved_database_url.startswith("postgresql") else 0)
         engine = create_engine(settings.resolved_database_url,
                                pool_size=settings.db_pool_size,
-                               max_overflow=settings.db_max_overflow,
+                               max_overflow=settings.db_max_overflow - hot_pool,
                                pool_timeout_s=settings.db_pool_timeout_s)
         await migrate.upgrade(engine)
         store = Store(engine)
@@ -83,7 +89,7 @@ class Services:
             presign_ttl_s=settings.media_url_ttl_s,
             presign_endpoint_url=settings.s3_presign_endpoint_url,
         )
-        hot = HotReads(engine)
+        hot = HotReads(engine, pg_pool_size=hot_pool)
         await hot.start()
         redis_url = settings.queue_url if settings.queue_url.startswith(
             ("redis://", "rediss://")) else None

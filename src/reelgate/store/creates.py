@@ -45,7 +45,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, func, insert, literal, select, update
 from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reelgate import billing
 from reelgate.errors import ApiError
@@ -205,10 +205,9 @@ def _one_statement_params(item: NewPrediction) -> dict[str, Any]:
 
 
 async def insert_one_statement(engine: AsyncEngine, item: NewPrediction) -> Outcome:
-    """PostgreSQL: store one create in one autocommitted statement (see _one_statement).
-    ``engine`` is an AUTOCOMMIT engine without pre-ping (see CreateBatcher); a connection
-    found dead is replaced and the statement sent again (it did not commit: it never
-    reached a live server)."""
+    """PostgreSQL: store one create in one autocommitted statement (see _one_statement), on
+    a connection of ``engine`` set to AUTOCOMMIT; a connection found dead is replaced and
+    the statement sent again (it did not commit: it never reached a live server)."""
     v = item.values
     for attempt in (1, 2):
         try:
@@ -221,7 +220,8 @@ async def insert_one_statement(engine: AsyncEngine, item: NewPrediction) -> Outc
 
 async def _insert_one_statement(engine: AsyncEngine, item: NewPrediction,
                                 v: dict[str, Any]) -> Outcome:
-    async with engine.connect() as conn:
+    async with engine.connect() as plain:
+        conn = await plain.execution_options(isolation_level="AUTOCOMMIT")
         statement = _one_statement(tuple(v), item.price > 0, item.max_concurrent is not None,
                                    v.get("idempotency_key") is not None)
         slot, balance, _ledger, inserted, earlier_id, earlier_hash = (
@@ -247,8 +247,14 @@ class _SqliteWriter:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         dialect = pysqlite.dialect()
-        self._pred_bind = {c.name: c.type.bind_processor(dialect) for c in predictions.c}
-        self._ledger_bind = {c.name: c.type.bind_processor(dialect) for c in ledger.c}
+        # The dialect's own implementation of each type (dialect_impl), as the engine uses:
+        # a TypeDecorator's bare bind_processor is its generic impl's, which leaves a
+        # datetime to sqlite3's adapter ("...+00:00"), not SQLAlchemy's SQLite text form, and
+        # rows written here would then sort apart from the engine's in time comparisons.
+        self._pred_bind = {c.name: c.type.dialect_impl(dialect).bind_processor(dialect)
+                           for c in predictions.c}
+        self._ledger_bind = {c.name: c.type.dialect_impl(dialect).bind_processor(dialect)
+                             for c in ledger.c}
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -331,24 +337,20 @@ class CreateBatcher:
         self._task: asyncio.Task[None] | None = None
         self._sqlite: _SqliteWriter | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self._autocommit: AsyncEngine | None = None
+        self._autocommit: bool = engine.dialect.name == "postgresql"
         if engine.dialect.name == "sqlite" and engine.url.database:
             self._sqlite = _SqliteWriter(engine.url.database)
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="reelgate-creates")
-        elif engine.dialect.name == "postgresql":
-            # Its own small pool in AUTOCOMMIT and without pre-ping: the main engine's
-            # pre-ping is BEGIN, a ping and ROLLBACK, three round trips before each checkout;
-            # here a create is its statement alone (a dead connection is retried once).
-            self._autocommit = create_async_engine(
-                engine.url, isolation_level="AUTOCOMMIT", pool_size=8, max_overflow=8,
-                pool_timeout=300)
+        # PostgreSQL: each create is one statement on the process's own engine, run in
+        # AUTOCOMMIT (see insert_one_statement): no pool of its own, so a process stays
+        # within REELGATE_DB_POOL_SIZE + _DB_MAX_OVERFLOW connections.
 
     async def submit(self, values: dict[str, Any], max_concurrent: int | None) -> str | None:
         """Store one new prediction; returns once it is committed, or raises its refusal.
         Returns None, or, when its Idempotency-Key was used already with the same request,
         the id of the prediction stored then (and nothing new is stored)."""
-        if self._autocommit is not None:
-            outcome = await insert_one_statement(self._autocommit,
+        if self._autocommit:
+            outcome = await insert_one_statement(self.engine,
                                                  NewPrediction(values, max_concurrent))
         else:
             outcome = await self._batched(values, max_concurrent)
@@ -368,8 +370,6 @@ class CreateBatcher:
         return await item.done
 
     async def close(self) -> None:
-        if self._autocommit is not None:
-            await self._autocommit.dispose()
         if self._task is not None:
             self._task.cancel()
             try:

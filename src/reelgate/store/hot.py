@@ -21,6 +21,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelgate.store.repo import KeyRecord, Prediction
@@ -83,8 +84,11 @@ def _key(row: Any) -> KeyRecord:
 class HotReads:
     """Point reads for the poll path; ``open`` picks the SQLite or PostgreSQL way."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, pg_pool_size: int = 4) -> None:
+        """``pg_pool_size``: on PostgreSQL, the connections of the reads' own pool (counted
+        by the caller inside the process's connection budget); 0 reads through ``engine``."""
         self.engine = engine
+        self.pg_pool_size = pg_pool_size
         self._sqlite: sqlite3.Connection | None = None
         self._pool: Any = None
         if engine.dialect.name == "sqlite":
@@ -98,7 +102,7 @@ class HotReads:
             self._sqlite.execute("PRAGMA busy_timeout=5000")
 
     async def start(self) -> None:
-        if self._sqlite is None and self._pool is None:
+        if self._sqlite is None and self._pool is None and self.pg_pool_size > 0:
             import asyncpg
 
             dsn = self.engine.url.set(drivername="postgresql").render_as_string(
@@ -107,7 +111,7 @@ class HotReads:
             # reset: these reads change no session state, so the default reset query on
             # every release (a second round trip per read) is skipped; asyncpg still rolls
             # back a connection left in a transaction.
-            self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4,
+            self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=self.pg_pool_size,
                                                    reset=_no_reset)
 
     async def close(self) -> None:
@@ -124,6 +128,11 @@ class HotReads:
             # (these are primary-key or unique lookups: at most one row).
             rows = self._sqlite.execute(sql.format(*("?" * len(args))), args).fetchall()
             return rows[0] if rows else None
+        if self._pool is None:  # no pool of our own: the same SQL through the engine
+            params = {f"p{i}": a for i, a in enumerate(args)}
+            async with self.engine.connect() as conn:
+                return (await conn.execute(text(sql.format(
+                    *(f":p{i}" for i in range(len(args))))), params)).first()
         return await self._pool.fetchrow(
             sql.format(*(f"${i + 1}" for i in range(len(args)))), *args)
 

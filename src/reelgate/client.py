@@ -823,13 +823,21 @@ def _create_backoff(attempt: int) -> float:
     return min(8.0, 0.5 * 2 ** attempt)
 
 
+# Longest hold of a read while a progress display is shown (the row's step changes while
+# the prediction runs; a held read would only answer at its end).
+PROGRESS_HOLD_S = 1.0
+
+
 def _window(long_poll: float, deadline: float | None, current: Prediction,
             on_progress: Any) -> float:
     """How long the next read may be held: the long-poll window (0: plain polling), never
-    past the deadline. A held read answers at the end only, so while a prediction has not
-    started and someone shows progress, reads are not held: the display sees it start."""
-    if on_progress is not None and current.status == "created":
-        return 0.0
+    past the deadline. A held read answers at the end only, so while someone shows
+    progress, reads are not held before the prediction starts (the display sees it start)
+    and at most PROGRESS_HOLD_S after (it sees a local model's denoising steps move)."""
+    if on_progress is not None:
+        if current.status == "created":
+            return 0.0
+        long_poll = min(long_poll, PROGRESS_HOLD_S)
     if deadline is None or long_poll <= 0:
         return long_poll
     return max(0.0, min(long_poll, deadline - time.monotonic()))

@@ -126,3 +126,34 @@ def test_mag_cache_without_ratios_is_a_clear_config_error(tmp_path: Path) -> Non
                                      'cache = "mag"\n')
     with pytest.raises(LocalConfigError, match="needs mag_ratios"):
         load_local_models(tmp_path / "m.toml")
+
+
+def test_models_sharing_weights_keep_their_own_options(wan: Path, tmp_path: Path) -> None:
+    """Two models declared on the same weights, one with a cache hook: the hook stays on
+    its own model's pipeline, whichever loads first."""
+    from reelgate import catalog
+    from reelgate.backends.local.backend import LocalBackend
+    from reelgate.settings import Settings
+
+    base = textwrap.dedent(f"""
+        family = "wan"
+        weights = "{wan}"
+        dtype = "float32"
+        fps = {FPS}
+        sizes = {{ "720p" = [64, 32] }}
+        steps = {STEPS}
+    """)
+    (tmp_path / "models.toml").write_text(
+        f'[[models]]\nname = "cached"\ncache = "first_block"\n{base}\n'
+        f'[[models]]\nname = "plain"\n{base}\n')
+    backend = LocalBackend(Settings(local_models_file=tmp_path / "models.toml",
+                                    local_device="cpu", data_dir=tmp_path / "data"))
+    try:
+        cached = backend.cache.get(backend.models["local/cached"], "text-to-video")
+        plain = backend.cache.get(backend.models["local/plain"], "text-to-video")
+        assert cached.transformer.is_cache_enabled
+        assert not plain.transformer.is_cache_enabled
+        assert "fbc_leader_block_hook" not in _hooks(plain.transformer)
+    finally:
+        catalog.LOCAL_MODELS.clear()
+        catalog.LOCAL_ALIASES.clear()

@@ -689,7 +689,7 @@ class Client(_Base):
                 raise WaitTimeout(current, timeout or 0)
             if delay:
                 time.sleep(min(delay, remaining))
-            window = _window(long_poll, deadline, current, on_progress)
+            window = _window(long_poll, deadline, current, on_progress, poll_interval)
             try:
                 started = time.monotonic()
                 current, hint = self._get(current.id, window)
@@ -823,21 +823,16 @@ def _create_backoff(attempt: int) -> float:
     return min(8.0, 0.5 * 2 ** attempt)
 
 
-# Longest hold of a read while a progress display is shown (the row's step changes while
-# the prediction runs; a held read would only answer at its end).
-PROGRESS_HOLD_S = 1.0
-
-
 def _window(long_poll: float, deadline: float | None, current: Prediction,
-            on_progress: Any) -> float:
+            on_progress: Any, poll_interval: float) -> float:
     """How long the next read may be held: the long-poll window (0: plain polling), never
     past the deadline. A held read answers at the end only, so while someone shows
     progress, reads are not held before the prediction starts (the display sees it start)
-    and at most PROGRESS_HOLD_S after (it sees a local model's denoising steps move)."""
+    and at most ``poll_interval`` after (it sees a local model's denoising steps move)."""
     if on_progress is not None:
         if current.status == "created":
             return 0.0
-        long_poll = min(long_poll, PROGRESS_HOLD_S)
+        long_poll = min(long_poll, poll_interval)
     if deadline is None or long_poll <= 0:
         return long_poll
     return max(0.0, min(long_poll, deadline - time.monotonic()))
@@ -959,7 +954,7 @@ class AsyncClient(_Base):
                 raise WaitTimeout(current, timeout or 0)
             if delay:
                 await asyncio.sleep(min(delay, remaining))
-            window = _window(long_poll, deadline, current, on_progress)
+            window = _window(long_poll, deadline, current, on_progress, poll_interval)
             try:
                 started = time.monotonic()
                 current, hint = await self._get(current.id, window)

@@ -89,7 +89,7 @@ class PipelineCache:
     def get(self, m: LocalModelConfig, scene: str) -> Any:
         cls_name = PIPELINES[m.family][scene]
         weights = m.weights_by_scene.get(scene, m.weights)
-        key = (weights, cls_name)
+        key = (weights, _runtime(m), cls_name)
         with self._lock:
             pipe = self._pipes.get(key)
             if pipe is None:
@@ -102,7 +102,11 @@ class PipelineCache:
 
         cls = getattr(diffusers, cls_name)
         extra = dict(m.pipeline_kwargs.get(scene, {}))
-        sibling = next((p for (w, _), p in self._pipes.items() if w == weights), None)
+        # Modules are shared only with a pipeline of the same weights AND the same runtime
+        # options: the hooks, offload and compilation live on the modules themselves, so
+        # two models declaring the same weights with other options get their own copies.
+        sibling = next((p for (w, rt, _), p in self._pipes.items()
+                        if w == weights and rt == _runtime(m)), None)
         started = time.perf_counter()
         if sibling is not None:
             # Same weights, another task: reuse the modules already on the device.
@@ -131,6 +135,12 @@ class PipelineCache:
         if denoiser is not None and m.compile:
             denoiser.compile()
         pipe.set_progress_bar_config(disable=True)
+
+
+def _runtime(m: LocalModelConfig) -> str:
+    """What, besides the weights, changes the loaded modules (dtype, offload, hooks)."""
+    return repr((m.dtype, m.cpu_offload, m.compile, m.cache, m.cache_threshold,
+                 m.mag_ratios, m.steps if m.cache == "mag" else None))
 
 
 def _cache_config(m: LocalModelConfig) -> Any:

@@ -689,7 +689,7 @@ class Client(_Base):
                 raise WaitTimeout(current, timeout or 0)
             if delay:
                 time.sleep(min(delay, remaining))
-            window = _window(long_poll, deadline, current, on_progress, poll_interval)
+            window = _window(long_poll, deadline, current, on_progress)
             try:
                 started = time.monotonic()
                 current, hint = self._get(current.id, window)
@@ -824,15 +824,12 @@ def _create_backoff(attempt: int) -> float:
 
 
 def _window(long_poll: float, deadline: float | None, current: Prediction,
-            on_progress: Any, poll_interval: float) -> float:
+            on_progress: Any) -> float:
     """How long the next read may be held: the long-poll window (0: plain polling), never
-    past the deadline. A held read answers at the end only, so while someone shows
-    progress, reads are not held before the prediction starts (the display sees it start)
-    and at most ``poll_interval`` after (it sees a local model's denoising steps move)."""
-    if on_progress is not None:
-        if current.status == "created":
-            return 0.0
-        long_poll = min(long_poll, poll_interval)
+    past the deadline. A held read answers at the end only, so while a prediction has not
+    started and someone shows progress, reads are not held: the display sees it start."""
+    if on_progress is not None and current.status == "created":
+        return 0.0
     if deadline is None or long_poll <= 0:
         return long_poll
     return max(0.0, min(long_poll, deadline - time.monotonic()))
@@ -954,7 +951,7 @@ class AsyncClient(_Base):
                 raise WaitTimeout(current, timeout or 0)
             if delay:
                 await asyncio.sleep(min(delay, remaining))
-            window = _window(long_poll, deadline, current, on_progress, poll_interval)
+            window = _window(long_poll, deadline, current, on_progress)
             try:
                 started = time.monotonic()
                 current, hint = await self._get(current.id, window)

@@ -40,11 +40,13 @@ OOM_MESSAGE = (
 )
 
 
-# How often the progress (and with it the cancel flag) is read back from the row while a
-# prediction denoises: the first step at once, then at most this often. A GPU step takes
+# How often the progress (and with it the cancel flag) is written to and read back from
+# the row while a prediction denoises: the first step at once, then at least this often. A GPU step takes
 # 0.05 to 15 s, so a user sees every step or near it, a cancel stops within this plus one
 # step, and the event loop stays off the GIL the pipeline's Python code needs.
 PROGRESS_INTERVAL_S = 0.5
+# ...and at each tenth of the steps, so a short run (fast steps) still shows them move.
+PROGRESS_MARKS = 10
 
 
 class _Stop(Exception):
@@ -237,11 +239,13 @@ class LocalBackend:
         def on_step(step: int, total: int) -> None:
             # Called in the GPU thread between two steps: a plain assignment. Waking the
             # event loop every step made it take the GIL (and a database write) between
-            # the pipeline's own Python work, step after step; it is woken once, so the
-            # progress shows as soon as denoising starts, and reads the rest on a timer.
-            first = latest[0] is None
+            # the pipeline's own Python work, step after step. It is woken at the first
+            # step and at each tenth of the steps (at most PROGRESS_MARKS + 1 times a
+            # prediction, however many steps), and reads the rest on its timer.
+            prev = latest[0]
             latest[0] = (step, total)
-            if first:
+            if prev is None or (step * PROGRESS_MARKS // total
+                                != prev[0] * PROGRESS_MARKS // total):
                 loop.call_soon_threadsafe(wake.set)
 
         async def relay() -> None:

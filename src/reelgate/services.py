@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reelgate.backends import Backend, build_backends
-from reelgate.jobs.notify import LocalNotifier, RedisNotifier
-from reelgate.jobs.redis_queue import QueueWorker, RedisQueue
+from reelgate.jobs.dispatch import (
+    Dispatch,
+    LocalDispatch,
+    RedisDispatch,
+    RedisQueue,
+    WorkerPool,
+)
+from reelgate.jobs.notify import LocalNotifier, Notifier, RedisNotifier
 from reelgate.jobs.runner import Runner
 from reelgate.jobs.webhooks import WebhookSender
-from reelgate.jobs.worker import LocalWorkers
 from reelgate.media.fetch import FetchPolicy
 from reelgate.media.s3 import build_storage
 from reelgate.media.storage import Storage, UrlSigner
@@ -35,15 +40,15 @@ class Services:
     store: Store
     storage: Storage
     signer: UrlSigner
-    notifier: LocalNotifier
+    notifier: Notifier
     policy: ContentPolicy
     fetch_policy: FetchPolicy
     limiter: RateLimiter
     uploads: Uploads
     webhooks: WebhookSender
+    # Set once open() has picked it: in-process, or Redis streams.
+    dispatcher: Dispatch = field(default_factory=lambda: LocalDispatch(None))
     backends: dict[str, Backend] = field(default_factory=dict)
-    workers: LocalWorkers | QueueWorker | None = None
-    queue: RedisQueue | None = None
     # Set when the process was told to stop: held sync-mode requests answer by then.
     drain_deadline: float | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -76,9 +81,9 @@ class Services:
             presign_ttl_s=settings.media_url_ttl_s,
             presign_endpoint_url=settings.s3_presign_endpoint_url,
         )
-        notifier = (
-            RedisNotifier(settings.queue_url, settings.queue_prefix)
-            if settings.queue_url.startswith(("redis://", "rediss://"))
+        distributed = settings.queue_url.startswith(("redis://", "rediss://"))
+        notifier: Notifier = (
+            RedisNotifier(settings.queue_url, settings.queue_prefix) if distributed
             else LocalNotifier()
         )
         services = cls(
@@ -109,12 +114,6 @@ class Services:
             ),
         )
         await notifier.start()
-        distributed = settings.queue_url.startswith(("redis://", "rediss://"))
-        if distributed:
-            services.queue = RedisQueue(
-                settings.queue_url, settings.all_backends(), prefix=settings.queue_prefix
-            )
-            await services.queue.start()
         if run_workers is None:
             # Embedded: the server runs its own workers. Scaled out: `reelgate worker` does.
             run_workers = settings.run_workers if settings.run_workers is not None else (
@@ -136,23 +135,23 @@ class Services:
                 }
             runner = Runner(settings=settings, store=store, storage=storage,
                             backends=services.backends, notifier=notifier)
-            if services.queue is not None:
-                services.workers = QueueWorker(
-                    services.queue,
-                    runner,
-                    store,
-                    concurrency={b: settings.concurrency_for(b) for b in services.backends},
-                    reconcile_interval_s=settings.reconcile_interval_s,
-                    dispatch_grace_s=settings.dispatch_grace_s,
-                )
-            else:
-                services.workers = LocalWorkers(
-                    runner,
-                    store,
-                    concurrency=settings.worker_concurrency,
-                    reconcile_interval_s=settings.reconcile_interval_s,
-                )
-            await services.workers.start()
+            # Each backend runs as many predictions at once as it declares (else as the
+            # settings say for it), in either dispatcher.
+            pool = WorkerPool(runner, store, backends=services.backends,
+                              default_concurrency=settings.concurrency_for,
+                              lease_ttl_s=settings.lease_ttl_s,
+                              reconcile_interval_s=settings.reconcile_interval_s)
+        else:
+            pool = None
+        if distributed:
+            services.dispatcher = RedisDispatch(
+                RedisQueue(settings.queue_url, settings.all_backends(),
+                           prefix=settings.queue_prefix),
+                pool, dispatch_grace_s=settings.dispatch_grace_s)
+        else:
+            services.dispatcher = LocalDispatch(pool)
+        await services.dispatcher.start()
+        if run_workers:
             notifier.listeners.append(lambda _id: services.webhooks.wakeup.set())
             services._tasks = [
                 asyncio.create_task(services.webhooks.run_forever(1.0), name="webhooks"),
@@ -187,13 +186,9 @@ class Services:
                 await conn.execute(text("SELECT 1"))
 
         probes = [probe("database", database()), probe("storage", self.storage.check())]
-        if self.queue is not None:
-            probes.append(probe("queue", self.queue.ping()))
         checks = dict(await asyncio.gather(*probes))
-        if isinstance(self.workers, QueueWorker):
-            # A consumer that lost the broker says so until it has reconnected.
-            for backend, state in self.workers.consumer_states().items():
-                checks[f"consumer:{backend}"] = state
+        # The queue (scaled out), and each consumer until it has (re)connected.
+        checks.update(await self.dispatcher.check())
         return checks
 
     def begin_drain(self) -> None:
@@ -210,11 +205,7 @@ class Services:
             loop.call_later(self.settings.shutdown_drain_s, self.notifier.wake_all)
 
     async def dispatch(self, prediction_id: str, backend: str) -> None:
-        if self.queue is not None:
-            await self.queue.dispatch(prediction_id, backend)
-        elif isinstance(self.workers, LocalWorkers):
-            await self.workers.dispatch(prediction_id)
-        # Otherwise nobody here runs work: a worker's reconciler will find the row.
+        await self.dispatcher.dispatch(prediction_id, backend)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -222,14 +213,11 @@ class Services:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.workers is not None:
-            await self.workers.stop()
+        await self.dispatcher.stop()
         for backend in self.backends.values():
             close = getattr(backend, "close", None)
             if close is not None:
                 await close()
-        if self.queue is not None:
-            await self.queue.close()
         await self.notifier.close()
         await self.store.engine.dispose()
         for extra in {self.store.checkpoint_engine, self.store.lease_engine}:

@@ -135,10 +135,11 @@ class Services:
                 }
             runner = Runner(settings=settings, store=store, storage=storage,
                             backends=services.backends, notifier=notifier)
-            # Each backend runs as many predictions at once as it declares (else as the
-            # settings say for it), in either dispatcher.
+            # Each backend runs as many predictions at once as the operator set for it, else
+            # as it declares, else the settings' default for it; in either dispatcher.
             pool = WorkerPool(runner, store, backends=services.backends,
                               default_concurrency=settings.concurrency_for,
+                              concurrency_overrides=settings.backend_concurrency,
                               lease_ttl_s=settings.lease_ttl_s,
                               reconcile_interval_s=settings.reconcile_interval_s)
         else:

@@ -99,10 +99,12 @@ async def make_dispatch(request: pytest.FixtureRequest, dispatch_kind: str,
     started: list[Dispatch] = []
     prefix = f"contract-{uuid.uuid4().hex[:8]}"
 
-    async def make(runner: Runner, backends: dict[str, Backend] | None = None) -> Dispatch:
+    async def make(runner: Runner, backends: dict[str, Backend] | None = None,
+                   overrides: dict[str, int] | None = None) -> Dispatch:
         pool = WorkerPool(runner, store,
                           backends=backends if backends is not None else {},
                           default_concurrency=lambda _name: DEFAULT_CONCURRENCY,
+                          concurrency_overrides=overrides,
                           lease_ttl_s=30, reconcile_interval_s=0.1)
         dispatcher: Dispatch
         if dispatch_kind == "redis":
@@ -199,6 +201,18 @@ async def test_each_backend_runs_at_most_its_declared_concurrency(
     assert runner.peak["slow"] == 2
     assert runner.peak["other"] == DEFAULT_CONCURRENCY
     assert set(runner.runs.values()) == {1}
+
+
+async def test_the_operators_setting_beats_a_declared_concurrency(
+    store: Store, make_dispatch: MakeDispatch
+) -> None:
+    runner = Runner(store, hold_s=0.2)
+    dispatcher = await make_dispatch(runner, {"slow": Backend(4)}, overrides={"slow": 1})
+    ids = [await add(store, "slow") for _ in range(3)]
+    for pid in ids:
+        await dispatcher.dispatch(pid, "slow")
+    await eventually(lambda: completed(store, *ids))
+    assert runner.peak["slow"] == 1
 
 
 async def test_a_full_backend_does_not_hold_up_another(

@@ -44,12 +44,15 @@ def concurrency_of(backend: object, default: int) -> int:
 class WorkerPool:
     def __init__(self, runner: Runs, store: Store, *, backends: Mapping[str, object],
                  default_concurrency: Callable[[str], int], lease_ttl_s: float,
-                 reconcile_interval_s: float) -> None:
+                 reconcile_interval_s: float,
+                 concurrency_overrides: Mapping[str, int] | None = None) -> None:
         self.runner = runner
         self.store = store
         # The backends this process runs, by name (their objects declare concurrency).
         self.backends = backends
         self.default_concurrency = default_concurrency
+        # The operator's word (REELGATE_BACKEND_CONCURRENCY) beats what a backend declares.
+        self.concurrency_overrides = dict(concurrency_overrides or {})
         self.lease_ttl_s = lease_ttl_s
         self.reconcile_interval_s = reconcile_interval_s
         self.owner = worker_id()
@@ -65,6 +68,8 @@ class WorkerPool:
         self._started = False
 
     def concurrency(self, backend: str) -> int:
+        if backend in self.concurrency_overrides:
+            return max(1, self.concurrency_overrides[backend])
         return concurrency_of(self.backends.get(backend),
                               self.default_concurrency(backend))
 

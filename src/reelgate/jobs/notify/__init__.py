@@ -3,8 +3,8 @@ pub/sub (redis.py). services.py picks one from the settings."""
 
 from __future__ import annotations
 
-from reelgate.jobs.notify.base import Notifier, Waiters
+from reelgate.jobs.notify.base import Notifier, NotifierBase, Waiters
 from reelgate.jobs.notify.local import LocalNotifier
 from reelgate.jobs.notify.redis import RedisNotifier
 
-__all__ = ["LocalNotifier", "Notifier", "RedisNotifier", "Waiters"]
+__all__ = ["LocalNotifier", "Notifier", "NotifierBase", "RedisNotifier", "Waiters"]

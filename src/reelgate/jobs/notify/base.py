@@ -6,8 +6,9 @@ until=)`` to hold a caller until ``read()`` shows the row ended. The row is the 
 wake-up only says "read it again now". So a wake-up that is lost (or a publish that came
 before the wait) costs at most one fallback interval, never a wrong answer.
 
-Every implementation keeps its local waiters in a :class:`Waiters` (the wait loop below)
-and differs only in how a publish reaches the waiters of other processes."""
+Every implementation keeps its local waiters in a :class:`Waiters` (the wait loop below),
+through :class:`NotifierBase`, and differs only in how a publish reaches the waiters of
+other processes."""
 
 from __future__ import annotations
 
@@ -119,3 +120,28 @@ class Waiters:
 
     def __len__(self) -> int:
         return sum(len(w) for w in self._events.values())
+
+
+class NotifierBase:
+    """The part of a notifier that lives in its own process: the waiters and the listeners.
+    An implementation adds ``start``/``close``/``publish`` (how an end travels), and wakes
+    ``self.waiters`` when one arrives."""
+
+    # Re-read this often (+-50% jitter) even without a wake-up: how long a lost one costs.
+    fallback_s: float = 60.0
+
+    def __init__(self) -> None:
+        self.waiters = Waiters()
+        self.listeners: list[Callable[[str], None]] = []
+
+    async def wait(self, prediction_id: str, read: Callable[[], Awaitable[R | None]],
+                   timeout: float,
+                   until: Callable[[], float | None] | None = None) -> tuple[R | None, bool]:
+        return await self.waiters.wait(prediction_id, read, timeout, until, self.fallback_s)
+
+    def wake_all(self) -> None:
+        self.waiters.wake_all()
+
+    def _tell_listeners(self, prediction_id: str) -> None:
+        for listener in self.listeners:
+            listener(prediction_id)

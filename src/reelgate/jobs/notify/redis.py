@@ -11,22 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
-from reelgate.jobs.notify.base import R, Waiters
+from reelgate.jobs.notify.base import NotifierBase
 
 log = logging.getLogger("reelgate.jobs")
 
 
-class RedisNotifier:
+class RedisNotifier(NotifierBase):
+    # A message published while the subscription reconnects is lost: re-read more often.
     fallback_s: float = 10.0
 
     def __init__(self, url: str, prefix: str = "reelgate") -> None:
         from redis.asyncio import Redis
 
+        super().__init__()
         self.channel = f"{prefix}:prediction-ended"
-        self.waiters = Waiters()
-        self.listeners: list[Callable[[str], None]] = []
         self._redis = Redis.from_url(url)
         self._listener: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -50,16 +49,7 @@ class RedisNotifier:
     async def publish(self, prediction_id: str) -> None:
         # Local waiters hear it back through the subscription, like everyone else's.
         await self._redis.publish(self.channel, prediction_id)
-        for listener in self.listeners:
-            listener(prediction_id)
-
-    async def wait(self, prediction_id: str, read: Callable[[], Awaitable[R | None]],
-                   timeout: float,
-                   until: Callable[[], float | None] | None = None) -> tuple[R | None, bool]:
-        return await self.waiters.wait(prediction_id, read, timeout, until, self.fallback_s)
-
-    def wake_all(self) -> None:
-        self.waiters.wake_all()
+        self._tell_listeners(prediction_id)
 
     async def _listen(self) -> None:
         while True:

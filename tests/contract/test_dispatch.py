@@ -1,6 +1,6 @@
 """The Dispatch and Notifier ports: one set of tests run against every implementation
 (in-process, and Redis streams / pub/sub). A new dispatcher or notifier is added to the
-``dispatch_kind`` / ``notifier`` fixtures below and must pass all of them.
+``dispatch_kind`` / ``notifiers`` fixtures below and must pass all of them.
 
 The runner here is a stand-in that plays by the real runner's rules (claim the row, hold it
 a while, end it, hand it back when cancelled), so the tests see what a user would: each
@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -268,19 +269,30 @@ async def test_stop_hands_running_work_back_for_the_next_worker(
 # --- Notifier --------------------------------------------------------------------------------
 
 
+@dataclass
+class Notifiers:
+    """Where an end is published (a worker) and where a caller waits for it (an API
+    process): one notifier in-process, two that share a channel across processes."""
+
+    publisher: Notifier
+    waiter: Notifier
+
+
 @pytest.fixture(params=["in-process", "redis"])
-async def notifier(request: pytest.FixtureRequest) -> AsyncIterator[Notifier]:
-    n: LocalNotifier | RedisNotifier
+async def notifiers(request: pytest.FixtureRequest) -> AsyncIterator[Notifiers]:
+    made: list[LocalNotifier | RedisNotifier]
     if request.param == "redis":
-        n = RedisNotifier(request.getfixturevalue("redis_url"),
-                          prefix=f"contract-{uuid.uuid4().hex[:8]}")
+        url, prefix = request.getfixturevalue("redis_url"), f"contract-{uuid.uuid4().hex[:8]}"
+        made = [RedisNotifier(url, prefix=prefix), RedisNotifier(url, prefix=prefix)]
     else:
-        n = LocalNotifier()
-    # No safety-net re-read inside these tests: only a wake-up can end a wait early.
-    n.fallback_s = 3600
-    await n.start()
-    yield n
-    await n.close()
+        made = [LocalNotifier()]
+    for n in made:
+        # No safety-net re-read inside these tests: only a wake-up can end a wait early.
+        n.fallback_s = 3600
+        await n.start()
+    yield Notifiers(publisher=made[0], waiter=made[-1])
+    for n in made:
+        await n.close()
 
 
 class Row:
@@ -300,73 +312,73 @@ class Rows:
         return Row(self.finished)
 
 
-async def test_publish_wakes_the_waiter(notifier: Notifier) -> None:
+async def test_publish_wakes_the_waiter(notifiers: Notifiers) -> None:
     rows = Rows()
     heard: list[str] = []
-    notifier.listeners.append(heard.append)
+    notifiers.publisher.listeners.append(heard.append)
 
     async def end_later() -> None:
         await asyncio.sleep(0.2)
         rows.finished = True
-        await notifier.publish("p1")
+        await notifiers.publisher.publish("p1")
 
     ender = asyncio.create_task(end_later())
     t0 = time.monotonic()
-    got, ended = await notifier.wait("p1", rows.read, timeout=30)
+    got, ended = await notifiers.waiter.wait("p1", rows.read, timeout=30)
     await ender
     assert ended and got is not None and got.finished
     assert time.monotonic() - t0 < 5  # woken, not timed out
     assert heard == ["p1"]
 
 
-async def test_an_end_of_another_prediction_does_not_end_the_wait(notifier: Notifier) -> None:
+async def test_an_end_of_another_prediction_does_not_end_the_wait(notifiers: Notifiers) -> None:
     rows = Rows()
 
     async def other_ends() -> None:
         await asyncio.sleep(0.1)
-        await notifier.publish("someone-else")
+        await notifiers.publisher.publish("someone-else")
 
     task = asyncio.create_task(other_ends())
-    got, ended = await notifier.wait("p2", rows.read, timeout=0.5)
+    got, ended = await notifiers.waiter.wait("p2", rows.read, timeout=0.5)
     await task
     assert not ended and got is not None and not got.finished
 
 
-async def test_wait_times_out_with_the_row_as_it_stands(notifier: Notifier) -> None:
+async def test_wait_times_out_with_the_row_as_it_stands(notifiers: Notifiers) -> None:
     rows = Rows()
     t0 = time.monotonic()
-    got, ended = await notifier.wait("p3", rows.read, timeout=0.3)
+    got, ended = await notifiers.waiter.wait("p3", rows.read, timeout=0.3)
     elapsed = time.monotonic() - t0
     assert not ended and got is not None and not got.finished
     assert 0.25 <= elapsed < 3
 
 
-async def test_until_bounds_the_wait(notifier: Notifier) -> None:
+async def test_until_bounds_the_wait(notifiers: Notifiers) -> None:
     # A draining process answers held requests by its deadline, whatever their timeout.
     rows = Rows()
     loop = asyncio.get_running_loop()
     cap = loop.time() + 0.2
     t0 = time.monotonic()
-    got, ended = await notifier.wait("p4", rows.read, timeout=30, until=lambda: cap)
+    got, ended = await notifiers.waiter.wait("p4", rows.read, timeout=30, until=lambda: cap)
     assert not ended and got is not None
     assert time.monotonic() - t0 < 3
 
 
-async def test_an_end_published_before_the_wait_is_not_lost(notifier: Notifier) -> None:
+async def test_an_end_published_before_the_wait_is_not_lost(notifiers: Notifiers) -> None:
     # The worker ended the row and published before anyone waited: nobody heard the
     # publish, but the row says it ended, and the waiter answers at once.
     rows = Rows()
     rows.finished = True
-    await notifier.publish("p5")
+    await notifiers.publisher.publish("p5")
     t0 = time.monotonic()
-    got, ended = await notifier.wait("p5", rows.read, timeout=30)
+    got, ended = await notifiers.waiter.wait("p5", rows.read, timeout=30)
     assert ended and got is not None and got.finished
     assert rows.reads == 1 and time.monotonic() - t0 < 1
 
 
-async def test_a_gone_row_ends_the_wait(notifier: Notifier) -> None:
+async def test_a_gone_row_ends_the_wait(notifiers: Notifiers) -> None:
     async def gone() -> Any:
         return None
 
-    got, ended = await notifier.wait("p6", gone, timeout=30)
+    got, ended = await notifiers.waiter.wait("p6", gone, timeout=30)
     assert ended and got is None

@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from reelgate.backends import Backend, build_backends
 from reelgate.jobs.dispatch import (
@@ -21,7 +22,9 @@ from reelgate.jobs.dispatch import (
 )
 from reelgate.jobs.notify import LocalNotifier, Notifier, RedisNotifier
 from reelgate.jobs.runner import Runner
+from reelgate.jobs.siblings import Siblings
 from reelgate.jobs.webhooks import WebhookSender
+from reelgate.keycache import KeyCache
 from reelgate.media.fetch import FetchPolicy
 from reelgate.media.s3 import build_storage
 from reelgate.media.storage import Storage, UrlSigner
@@ -31,6 +34,7 @@ from reelgate.ratelimit import RateLimiter
 from reelgate.settings import Settings
 from reelgate.store import migrate
 from reelgate.store.db import create_engine
+from reelgate.store.hot import HotReads
 from reelgate.store.repo import Store
 
 
@@ -46,12 +50,18 @@ class Services:
     limiter: RateLimiter
     uploads: Uploads
     webhooks: WebhookSender
+    hot: HotReads
+    keys: KeyCache
     # Set once open() has picked it: in-process, or Redis streams.
     dispatcher: Dispatch = field(default_factory=lambda: LocalDispatch(None))
+    # serve --workers N (embedded): how the in-process notifier and dispatch reach the
+    # sibling processes.
+    siblings: Siblings | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
     # Set when the process was told to stop: held sync-mode requests answer by then.
     drain_deadline: float | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _workers_lock: Any = None
 
     @classmethod
     async def open(cls, settings: Settings, *, run_workers: bool | None = None) -> Services:
@@ -62,9 +72,15 @@ class Services:
 
         # Declared local models join the catalog (routes, validation, prices, model list).
         install_local_models(settings.local_models_file)
+        # On PostgreSQL the poll's point reads (store/hot.py) have a small pool of their own,
+        # taken out of the engine's overflow so that a process stays within
+        # REELGATE_DB_POOL_SIZE + _DB_MAX_OVERFLOW connections (none left: they read
+        # through the engine).
+        hot_pool = (min(2, settings.db_max_overflow)
+                    if settings.resolved_database_url.startswith("postgresql") else 0)
         engine = create_engine(settings.resolved_database_url,
                                pool_size=settings.db_pool_size,
-                               max_overflow=settings.db_max_overflow,
+                               max_overflow=settings.db_max_overflow - hot_pool,
                                pool_timeout_s=settings.db_pool_timeout_s)
         await migrate.upgrade(engine)
         store = Store(engine)
@@ -81,10 +97,23 @@ class Services:
             presign_ttl_s=settings.media_url_ttl_s,
             presign_endpoint_url=settings.s3_presign_endpoint_url,
         )
+        hot = HotReads(engine, pg_pool_size=hot_pool)
+        await hot.start()
+        redis_url = settings.queue_url if settings.queue_url.startswith(
+            ("redis://", "rediss://")) else None
+        keys = KeyCache(hot, redis_url=redis_url, prefix=settings.queue_prefix)
+        await keys.start()
+        store.on_access_change.append(keys.announce)
         distributed = settings.queue_url.startswith(("redis://", "rediss://"))
+        # Several API processes on one data dir (embedded) tell each other of ends and new
+        # work through Unix sockets; scaled out, Redis carries both.
+        siblings = (Siblings(settings.data_dir / "notify")
+                    if not distributed and settings.serve_workers > 1 else None)
+        if siblings is not None:
+            await siblings.start()
         notifier: Notifier = (
             RedisNotifier(settings.queue_url, settings.queue_prefix) if distributed
-            else LocalNotifier()
+            else LocalNotifier(siblings)
         )
         services = cls(
             settings=settings,
@@ -112,6 +141,9 @@ class Services:
                 retry_base_s=settings.webhook_retry_base_s,
                 timeout_s=settings.webhook_timeout_s,
             ),
+            hot=hot,
+            keys=keys,
+            siblings=siblings,
         )
         await notifier.start()
         if run_workers is None:
@@ -119,6 +151,11 @@ class Services:
             run_workers = settings.run_workers if settings.run_workers is not None else (
                 not distributed
             )
+            if run_workers and not distributed and settings.serve_workers > 1:
+                # Several API processes on one data dir: the first to take the lock runs
+                # the workers; it holds the lock as long as it lives.
+                services._workers_lock = _try_lock(settings.data_dir / "workers.lock")
+                run_workers = services._workers_lock is not None
         if run_workers:
             # Connections of their own for submission intents and upstream handles (two),
             # and for lease renewals (one); only processes that run work write them.
@@ -150,7 +187,7 @@ class Services:
                            prefix=settings.queue_prefix),
                 pool, dispatch_grace_s=settings.dispatch_grace_s)
         else:
-            services.dispatcher = LocalDispatch(pool)
+            services.dispatcher = LocalDispatch(pool, siblings)
         await services.dispatcher.start()
         if run_workers:
             notifier.listeners.append(lambda _id: services.webhooks.wakeup.set())
@@ -220,7 +257,28 @@ class Services:
             if close is not None:
                 await close()
         await self.notifier.close()
+        if self.siblings is not None:
+            await self.siblings.close()
+        await self.keys.close()
+        await self.hot.close()
+        await self.store.close()
         await self.store.engine.dispose()
         for extra in {self.store.checkpoint_engine, self.store.lease_engine}:
             if extra is not self.store.engine:
                 await extra.dispose()
+        if self._workers_lock is not None:
+            self._workers_lock.close()  # closing the file releases the lock
+
+
+def _try_lock(path: Path) -> IO[bytes] | None:
+    """An exclusive lock on ``path`` if nobody holds it, else None. The kernel frees it when
+    the holder's process ends, however it ends."""
+    import fcntl
+
+    f = open(path, "ab")  # noqa: SIM115 - held open as long as the lock
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f

@@ -1,5 +1,6 @@
 """The Dispatch and Notifier ports: one set of tests run against every implementation
-(in-process, and Redis streams / pub/sub). A new dispatcher or notifier is added to the
+(in-process, in-process between the sibling processes of ``serve --workers N``, and Redis
+streams / pub/sub). A new dispatcher or notifier is added to the
 ``dispatch_kind`` / ``notifiers`` fixtures below and must pass all of them.
 
 The runner here is a stand-in that plays by the real runner's rules (claim the row, hold it
@@ -22,6 +23,7 @@ import pytest
 
 from reelgate.jobs.dispatch import Dispatch, LocalDispatch, RedisDispatch, RedisQueue, WorkerPool
 from reelgate.jobs.notify import LocalNotifier, Notifier, RedisNotifier
+from reelgate.jobs.siblings import Siblings
 from reelgate.store import migrate
 from reelgate.store.db import create_engine
 from reelgate.store.repo import Prediction, Store, new_id
@@ -266,6 +268,37 @@ async def test_stop_hands_running_work_back_for_the_next_worker(
     assert [(await row(store, pid)).attempts for pid in ids] == [2, 2]
 
 
+async def test_a_sibling_without_workers_hands_work_to_the_one_with_them(
+    store: Store, tmp_path: Path
+) -> None:
+    # serve --workers N: one process runs the pool; another accepts a prediction and
+    # dispatches it over the sockets, and it runs at once (no reconciler needed).
+    folder = tmp_path / "notify"
+    worker_side, api_side = Siblings(folder, "worker"), Siblings(folder, "api")
+    for s in (worker_side, api_side):
+        await s.start()
+    runner = Runner(store, hold_s=0.05)
+    pool = WorkerPool(runner, store, backends={"slow": Backend(2)},
+                      default_concurrency=lambda _name: DEFAULT_CONCURRENCY,
+                      lease_ttl_s=30, reconcile_interval_s=3600)
+    worker, api = LocalDispatch(pool, worker_side), LocalDispatch(None, api_side)
+    await worker.start()
+    await api.start()
+    try:
+        # Created before the pool's first reconciler pass ended: only the datagram can
+        # bring it to the worker within this test.
+        await asyncio.sleep(0.2)
+        pid = await add(store)
+        await api.dispatch(pid, "slow")
+        await eventually(lambda: completed(store, pid), timeout=5)
+        assert runner.runs[pid] == 1 and api.in_flight is None
+    finally:
+        await api.stop()
+        await worker.stop()
+        for s in (worker_side, api_side):
+            await s.close()
+
+
 # --- Notifier --------------------------------------------------------------------------------
 
 
@@ -278,12 +311,19 @@ class Notifiers:
     waiter: Notifier
 
 
-@pytest.fixture(params=["in-process", "redis"])
-async def notifiers(request: pytest.FixtureRequest) -> AsyncIterator[Notifiers]:
+@pytest.fixture(params=["in-process", "sibling-sockets", "redis"])
+async def notifiers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Notifiers]:
     made: list[LocalNotifier | RedisNotifier]
+    siblings: list[Siblings] = []
     if request.param == "redis":
         url, prefix = request.getfixturevalue("redis_url"), f"contract-{uuid.uuid4().hex[:8]}"
         made = [RedisNotifier(url, prefix=prefix), RedisNotifier(url, prefix=prefix)]
+    elif request.param == "sibling-sockets":
+        # Two processes of one `serve --workers N`, as two socket names in one folder.
+        siblings = [Siblings(tmp_path / "notify", name) for name in ("worker", "api")]
+        for s in siblings:
+            await s.start()
+        made = [LocalNotifier(siblings[0]), LocalNotifier(siblings[1])]
     else:
         made = [LocalNotifier()]
     for n in made:
@@ -293,6 +333,8 @@ async def notifiers(request: pytest.FixtureRequest) -> AsyncIterator[Notifiers]:
     yield Notifiers(publisher=made[0], waiter=made[-1])
     for n in made:
         await n.close()
+    for s in siblings:
+        await s.close()
 
 
 class Row:

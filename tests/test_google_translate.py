@@ -8,15 +8,15 @@ import asyncio
 
 import pytest
 
-from reelgate.backends.channels import ChannelPool, NoChannel
-from reelgate.backends.google import (
+from reelgate.backends.google.channels import ChannelPool, NoChannel
+from reelgate.backends.google.backend import (
     Shape,
     UpstreamRef,
     check_google_request,
     classify_error,
     plan_for,
 )
-from reelgate.backends.google_config import DEFAULT_MODELS, ChannelConfig, GoogleSettings
+from reelgate.backends.google.config import DEFAULT_MODELS, ChannelConfig, GoogleSettings
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.requests import validate_create
 

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/v3")
 def _google_upstream(name: str) -> dict[str, Any]:
     """The Google model id(s) serving ``name``: one entry per distinct (mode, model id)
     among the channels, with the resolutions that model offers."""
-    from reelgate.backends.google_config import load_google_settings, model_caps
+    from reelgate.backends.google.config import load_google_settings, model_caps
 
     gs = load_google_settings()
     targets: dict[tuple[str, str], list[str]] = {}

@@ -134,6 +134,9 @@ class Services:
                 services.backends = {
                     k: v for k, v in services.backends.items() if k in settings.only_backends
                 }
+            # Started once per worker process (clients, render pools); closed in close().
+            for backend in services.backends.values():
+                await backend.start()
             runner = Runner(settings=settings, store=store, storage=storage,
                             backends=services.backends, notifier=notifier)
             if services.queue is not None:
@@ -225,9 +228,7 @@ class Services:
         if self.workers is not None:
             await self.workers.stop()
         for backend in self.backends.values():
-            close = getattr(backend, "close", None)
-            if close is not None:
-                await close()
+            await backend.close()
         if self.queue is not None:
             await self.queue.close()
         await self.notifier.close()

@@ -223,11 +223,12 @@ class BackendError(Exception):
     """The prediction fails with ``message`` (shown to the user as ``error``), uncharged.
 
     ``nsfw`` marks a safety block of the output. ``retryable`` says another attempt may
-    succeed (upstream quota, 5xx, no free channel, a lost lease): the mix backend then hands
-    the job to its next member (if nothing was submitted yet), and the runner gives a
-    retryable failure that happened *before any upstream handle was written* one more
-    attempt in place (``Backend``'s ``retries``), then fails the prediction. A retryable
-    error after a handle was written is final: the runner never submits twice."""
+    succeed (upstream quota, 5xx, no free channel): the mix backend then hands the job to
+    its next member (if that member wrote no handle yet), and the runner calls ``generate``
+    again in place, up to the backend's ``retries`` times, when the error came before any
+    upstream handle was written (so nothing upstream can be paid twice), then fails the
+    prediction. The built-in backends declare ``retries = 0``: they retry their upstream
+    calls themselves. It also labels the upstream-errors metric."""
 
     def __init__(self, message: str, *, nsfw: bool = False, retryable: bool = False) -> None:
         super().__init__(message)

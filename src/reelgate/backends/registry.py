@@ -146,14 +146,16 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
 
 # The API side's backends, one set per settings object (used for check and price only; a
 # test that builds new settings gets new backends).
-_intake_sets: weakref.WeakKeyDictionary[Settings, BackendSet] = weakref.WeakKeyDictionary()
+# Keyed by id(): settings objects are not hashable; the entry goes when they do.
+_intake_sets: dict[int, BackendSet] = {}
 
 
 def intake_backend(name: str, settings: Settings) -> Backend:
     """Backend ``name`` built (never started) for intake, the model list and prices."""
-    backends = _intake_sets.get(settings)
-    if backends is None:
-        backends = _intake_sets[settings] = BackendSet(settings)
+    backends = _intake_sets.get(id(settings))
+    if backends is None or backends.settings is not settings:
+        backends = _intake_sets[id(settings)] = BackendSet(settings)
+        weakref.finalize(settings, _intake_sets.pop, id(settings), None)
     return backends.get(name)
 
 

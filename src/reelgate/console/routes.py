@@ -302,13 +302,10 @@ def field_spec(model: str, scene: str, request: Request, key: KeyRecord) -> dict
     settings = services_of(request).settings
     m = catalog.MODELS[model]
     resolutions = list(catalog.RESOLUTIONS)
-    backend = backend_for(model, settings)
-    if backend == "google":
-        from reelgate.api.models import _google_upstream
+    from reelgate.api.models import offered_resolutions
 
-        offered = {r for u in _google_upstream(model)["upstream"]["models"]
-                   for r in u["resolutions"]}
-        resolutions = [r for r in resolutions if r in offered] or resolutions
+    resolutions = offered_resolutions(model, backend_for(model, settings), settings) \
+        or resolutions
     durations = list(catalog.DURATIONS)
     if scene == "reference-to-video":
         durations = [catalog.FULL_LENGTH_S]
@@ -450,7 +447,7 @@ async def playground_price(request: Request) -> Response:
     except InvalidInput as exc:
         return page(request, "_price.html", v, error=exc.message)
     backend = backend_for(model, settings)
-    price = billing.quote(req, backend, settings)
+    price = billing.quote(req.job, backend, settings)
     per_second = billing.PriceTable.from_settings(settings).per_second(
         model, req.output_resolution, req.generate_audio)
     return page(request, "_price.html", v, price=price, backend=backend, req=req,

@@ -430,14 +430,12 @@ class GoogleBackend(BackendBase):
     # --- the port: what intake, the model list and prices ask (pure) --------------------
 
     def capabilities(self, model: str) -> Capabilities:
-        """The union over the channels: what at least one can make (``check`` decides per
-        request, with the operator's fallbacks)."""
+        """The union over the channels: what at least one can make. Resolutions are what
+        the mapped models deliver; ``check`` decides per request, with the operator's
+        fallbacks (which may lower a resolution or switch the model)."""
         gs = self.gs
         caps = [model_caps(gs.model_id(model, ch)) for ch in self.channels]
-        if "lower_resolution" in gs.fallbacks or gs.fallback_models:
-            resolutions: set[str] = set(catalog.RESOLUTIONS)
-        else:
-            resolutions = {r for c in caps for r in c.resolutions}
+        resolutions = {r for c in caps for r in c.resolutions}
         vertex = any(ch.mode == "vertex" for ch in self.channels)
         return Capabilities(
             resolutions=tuple(r for r in catalog.RESOLUTIONS if r in resolutions),

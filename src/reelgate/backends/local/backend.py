@@ -191,8 +191,8 @@ class LocalBackend(BackendBase):
             return Capabilities(scenes=(), resolutions=())
         return Capabilities(
             scenes=tuple(m.offered_scenes),
-            resolutions=tuple(r for r in ("720p", "1080p", "4k")
-                              if m.resolve_resolution(r) is not None),
+            # Deliverable sizes; check() also takes others when resolution_fallback says so.
+            resolutions=tuple(r for r in ("720p", "1080p", "4k") if r in m.sizes),
             # Accepted: a silent model with audio_fallback="silent" takes generate_audio.
             audio=bool(m.audio) or m.audio_fallback == "silent",
             last_image=m.takes_last_frame,

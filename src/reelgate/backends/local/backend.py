@@ -284,6 +284,11 @@ class LocalBackend(BackendBase):
         try:
             result = await loop.run_in_executor(
                 self._executor, self._run, m, job.scene, call, seed, on_step, stop)
+        except asyncio.CancelledError:
+            # The runner's timeout (or a shutdown): the GPU thread stops at its next step
+            # instead of finishing a video nobody will collect.
+            stop.set()
+            raise
         finally:
             # Let the relay write the last step it was given, then end.
             steps.put_nowait(None)

@@ -8,7 +8,6 @@ import asyncio
 
 import pytest
 
-from reelgate.backends.google.channels import ChannelPool, NoChannel
 from reelgate.backends.base import Job
 from reelgate.backends.google.backend import (
     UpstreamRef,
@@ -16,6 +15,7 @@ from reelgate.backends.google.backend import (
     classify_error,
     plan_for,
 )
+from reelgate.backends.google.channels import ChannelPool, NoChannel
 from reelgate.backends.google.config import DEFAULT_MODELS, ChannelConfig, GoogleSettings
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.requests import validate_create

@@ -6,7 +6,7 @@ by name. Each backend is a module or a folder that registers itself: ``sandbox``
 
 from __future__ import annotations
 
-from reelgate.backends.base import Backend, BackendError, Capabilities, Cancelled, Inputs, Job
+from reelgate.backends.base import Backend, BackendError, Cancelled, Capabilities, Inputs, Job
 from reelgate.backends.registry import (
     NotConfigured,
     backend_for,

@@ -30,6 +30,7 @@ __all__ = [
     "BackendSet",
     "NotConfigured",
     "backend_for",
+    "cancellable_backends",
     "build_backends",
     "check_request",
     "concurrency_for",
@@ -181,6 +182,23 @@ def check_request(backend: str, job: Job, settings: Settings) -> None:
     except NotConfigured as exc:
         raise ApiError(500, exc.message) from None
     instance.check(job)
+
+
+def cancellable_backends(settings: Settings) -> tuple[str, ...]:
+    """The configured backends that stop a running job when the user cancels it (they
+    declare ``progress`` for some model): a cancel request reaches their running rows."""
+    from reelgate import catalog
+
+    models = [*catalog.MODELS, *catalog.LOCAL_MODELS]
+    names = []
+    for name in registered(settings):
+        try:
+            backend = intake_backend(name, settings)
+        except NotConfigured:
+            continue
+        if any(backend.capabilities(m).progress for m in models):
+            names.append(name)
+    return tuple(names)
 
 
 def concurrency_for(backend: Backend, settings: Settings) -> int:

@@ -301,11 +301,10 @@ def field_spec(model: str, scene: str, request: Request, key: KeyRecord) -> dict
     (from the catalog, and for Google-served models what the mapped Google model can make)."""
     settings = services_of(request).settings
     m = catalog.MODELS[model]
-    resolutions = list(catalog.RESOLUTIONS)
     from reelgate.api.models import offered_resolutions
 
-    resolutions = offered_resolutions(model, backend_for(model, settings), settings) \
-        or resolutions
+    backend = backend_for(model, settings)
+    resolutions = offered_resolutions(model, backend, settings) or list(catalog.RESOLUTIONS)
     durations = list(catalog.DURATIONS)
     if scene == "reference-to-video":
         durations = [catalog.FULL_LENGTH_S]

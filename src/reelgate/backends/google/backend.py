@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
+from reelgate import catalog
 from reelgate.backends.base import BackendBase, BackendError, Capabilities, Job
 from reelgate.backends.google.channels import ChannelPool, ChannelState, NoChannel
 from reelgate.backends.google.config import (
@@ -36,7 +37,6 @@ from reelgate.backends.google.config import (
     load_google_settings,
     model_caps,
 )
-from reelgate import catalog
 from reelgate.errors import ApiError, InvalidInput
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The ``mix`` backend: one model served by several backends (e.g. Google first, an upstream
 v3 provider when Google answers 429), each a member of the same channel pool as Google's
-keys and the v3 provider's accounts (weights, caps, cool-downs; backends/channels.py).
+keys and the v3 provider's accounts (weights, caps, cool-downs; backends/google/channels.py).
 
 Members are tried by ``priority`` (0 first), by weight within one priority. A member that
 fails *before it submitted anything* with a retryable error (quota, every channel busy,

@@ -29,7 +29,7 @@ import pytest
 
 from reelgate import billing, catalog
 from reelgate.backends import registry
-from reelgate.backends.base import Backend, Cancelled, Capabilities, Job
+from reelgate.backends.base import Backend, BackendError, Cancelled, Capabilities, Job
 from reelgate.errors import InvalidInput
 from reelgate.media.video import check_video
 from reelgate.settings import Settings
@@ -331,6 +331,21 @@ async def test_timeout_turns_a_hung_generate_into_a_failed_prediction(
         subject: Subject, tmp_path: Path) -> None:
     if subject.hang is None:
         pytest.skip(f"{subject.backend.name} has no job that hangs")
+    b = subject.backend
+    caps = b.capabilities(subject.model)
+    job = subject.hang(job_within(caps, subject.model, duration=4))
+    declared = b.timeout
+    b.timeout = 0.5  # type: ignore[misc]
+    try:
+        pred = await run_once(b, job, tmp_path)
+    finally:
+        b.timeout = declared  # type: ignore[misc]
+    assert pred is not None and pred.status == "failed"
+    assert "time limit" in (pred.error or "") and "not charged" in (pred.error or "")
+
+
+async def run_once(backend: Backend, job: Job, tmp_path: Path) -> Any:
+    """Store ``job`` as a prediction and run it through the real Runner; the row after."""
     from reelgate.jobs.notify import LocalNotifier
     from reelgate.jobs.runner import Runner
     from reelgate.media.s3 import build_storage
@@ -339,33 +354,26 @@ async def test_timeout_turns_a_hung_generate_into_a_failed_prediction(
     from reelgate.store.db import create_engine
     from reelgate.store.repo import Store, new_id
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await migrate.upgrade(engine)
-    store = Store(engine)
-    account = await store.create_account("contract")
-    _, key = await store.create_key(account, "k")
-    b = subject.backend
-    caps = b.capabilities(subject.model)
-    job = subject.hang(job_within(caps, subject.model, duration=4))
-    pid = new_id()
-    await store.insert_prediction(id=pid, account_id=account, key_id=key.id, model=job.model,
-                                  scene=job.scene, backend=b.name, params=job.to_params(),
-                                  inputs={})
-    cfg = settings(data_dir=tmp_path / "data")
-    storage = build_storage("", local_root=tmp_path / "videos",
-                            signer=UrlSigner(b"k" * 32, 60))
-    runner = Runner(settings=cfg, store=store, storage=storage, backends={b.name: b},
-                    notifier=LocalNotifier())
-    declared = b.timeout
-    b.timeout = 0.5  # type: ignore[misc]
     try:
+        await migrate.upgrade(engine)
+        store = Store(engine)
+        account = await store.create_account(f"contract-{new_id()[:6]}")
+        _, key = await store.create_key(account, "k")
+        pid = new_id()
+        await store.insert_prediction(id=pid, account_id=account, key_id=key.id,
+                                      model=job.model, scene=job.scene, backend=backend.name,
+                                      params=job.to_params(), inputs={})
+        storage = build_storage("", local_root=tmp_path / "videos",
+                                signer=UrlSigner(b"k" * 32, 60))
+        runner = Runner(settings=settings(data_dir=tmp_path / "data"), store=store,
+                        storage=storage, backends={backend.name: backend},
+                        notifier=LocalNotifier())
         await asyncio.wait_for(runner.run(pid, "contract-worker"), 60)
-        pred = await store.get(pid)
+        return await store.get(pid)
     finally:
-        b.timeout = declared  # type: ignore[misc]
         await engine.dispose()
-    assert pred is not None and pred.status == "failed"
-    assert "time limit" in (pred.error or "") and "not charged" in (pred.error or "")
 
 
 async def test_price_hook_decides_the_price(subject: Subject,
@@ -395,3 +403,39 @@ def test_job_round_trips_through_the_rows_params() -> None:
     assert again == job
     run_fields = {f.name for f in dataclasses.fields(Job) if not f.metadata.get("param")}
     assert not run_fields & set(params)
+
+
+# --- what BackendError.retryable drives in the runner (any backend) -------------------------
+
+
+class Flaky(EchoBackend):
+    """Fails retryably on its first call (after writing a handle, if told to)."""
+
+    def __init__(self, retries: int, *, handle_first: bool = False) -> None:
+        super().__init__(EchoSettings(_env_file=None))  # type: ignore[call-arg]
+        self.retries = retries
+        self.handle_first = handle_first
+        self.calls = 0
+
+    async def generate(self, job: Job, workdir: Path) -> Path:
+        self.calls += 1
+        if self.calls == 1:
+            if self.handle_first:
+                await job.checkpoint("upstream-op-1")
+            raise BackendError("upstream busy", retryable=True)
+        return await super().generate(job, workdir)
+
+
+async def test_a_retryable_error_is_tried_again_only_before_a_handle(tmp_path: Path) -> None:
+    job = Job(id="", model="veo3.1-fast", scene="text-to-video", prompt="retry", duration=4)
+    flaky = Flaky(retries=1)
+    pred = await run_once(flaky, job, tmp_path / "a")
+    assert pred.status == "completed" and flaky.calls == 2
+    # No retries declared: the first retryable error fails the prediction, uncharged.
+    once = Flaky(retries=0)
+    pred = await run_once(once, job, tmp_path / "b")
+    assert pred.status == "failed" and pred.error == "upstream busy" and once.calls == 1
+    # Work started upstream (a handle was written): never submitted a second time.
+    started = Flaky(retries=3, handle_first=True)
+    pred = await run_once(started, job, tmp_path / "c")
+    assert pred.status == "failed" and started.calls == 1

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reelgate.backends.base import BackendError, Cancelled, Job
+from reelgate.backends.base import BackendBase, BackendError, Cancelled, Capabilities, Job
+from reelgate.backends.local.check import check_local_request
 from reelgate.backends.local.config import (
     LocalModelConfig,
     config_for,
@@ -191,8 +192,11 @@ def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
     return np.stack([np.interp(dst, src, ch) for ch in audio]).astype(np.float32)
 
 
-class LocalBackend:
+class LocalBackend(BackendBase):
     name = "local"
+    # One GPU holds one generation at a time (REELGATE_BACKEND_CONCURRENCY='{"local": n}'
+    # lets more queue behind the GPU thread).
+    concurrency = 1
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -202,8 +206,52 @@ class LocalBackend:
         # One thread runs every generation of this process, so torch's per-thread state
         # (current CUDA device, grad mode) is set once and stays put.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu")
-        if settings.local_torch_threads:
-            _torch().set_num_threads(settings.local_torch_threads)
+        self._started = False
+
+    # --- the port ------------------------------------------------------------------------
+
+    def capabilities(self, model: str) -> Capabilities:
+        m = config_for(model)
+        if m is None:
+            return Capabilities(scenes=(), resolutions=())
+        return Capabilities(
+            scenes=tuple(m.offered_scenes),
+            # Deliverable sizes; check() also takes others when resolution_fallback says so.
+            resolutions=tuple(r for r in ("720p", "1080p", "4k") if r in m.sizes),
+            # The model's own durations (its declaration), not Veo's 4/6/8.
+            durations=tuple(m.allowed_durations),
+            # Accepted: a silent model with audio_fallback="silent" takes generate_audio.
+            audio=bool(m.audio) or m.audio_fallback == "silent",
+            last_image=m.takes_last_frame,
+            reference_images="reference-to-video" in m.offered_scenes,
+            exact_output=True,
+            progress=True,
+        )
+
+    def check(self, job: Job) -> None:
+        check_local_request(job)
+
+    def price(self, job: Job) -> int | None:
+        # Per second of video at the operator's price for its GPUs (the models file's
+        # price_per_second, or a REELGATE_PRICES override), with the markup.
+        from reelgate.billing import PriceTable
+
+        return PriceTable.from_settings(self.settings).price(
+            job.model, job.resolution, job.duration, job.generate_audio)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        m = config_for(model)
+        return {} if m is None else {"served_by": m.path}
+
+    async def start(self) -> None:
+        # Torch is imported here, in the worker, never in an API process.
+        if not self._started:
+            self._started = True
+            if self.settings.local_torch_threads:
+                _torch().set_num_threads(self.settings.local_torch_threads)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
@@ -275,6 +323,11 @@ class LocalBackend:
         try:
             result = await loop.run_in_executor(
                 self._executor, self._run, m, job.scene, call, seed, on_step, stop)
+        except asyncio.CancelledError:
+            # The runner's timeout (or a shutdown): the GPU thread stops at its next step
+            # instead of finishing a video nobody will collect.
+            stop.set()
+            raise
         finally:
             # Let the relay write the last step it was given, then end.
             ended[0] = True

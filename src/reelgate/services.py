@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+# The wiring hands the webhook sender the dialects' payloads (jobs/ knows no wire shape).
+from reelgate.api.dialects import webhook_payload
 from reelgate.backends import Backend, build_backends
 from reelgate.jobs.notify import LocalNotifier, RedisNotifier
 from reelgate.jobs.redis_queue import QueueWorker, RedisQueue
@@ -102,6 +104,7 @@ class Services:
                 store,
                 storage,
                 FetchPolicy.from_settings(settings),
+                payload=webhook_payload,
                 public_base_url=settings.public_base_url,
                 max_attempts=settings.webhook_max_attempts,
                 retry_base_s=settings.webhook_retry_base_s,

@@ -26,13 +26,15 @@ from reelgate.store.repo import Prediction
 class ErrorBody(Protocol):
     """reelgate's error (status, message, reason: errors.py) in the dialect's JSON body."""
 
-    def __call__(self, status: int, message: str, reason: str | None) -> dict[str, Any]: ...
+    def __call__(self, status: int, message: str, reason: str | None, /) -> dict[str, Any]:
+        ...
 
 
 class Presenter(Protocol):
     """A prediction as the dialect shows it (a read's answer, or a webhook's body)."""
 
-    def __call__(self, pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]: ...
+    def __call__(self, pred: Prediction, base_url: str, storage: Storage, /) -> dict[str, Any]:
+        ...
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,13 @@ class RequestParser(Protocol):
     """The dialect's create request (its body, and its path parameters) → ``Create``; an
     ``ApiError`` (400 or 404) for one that names no model or cannot be translated."""
 
-    def __call__(self, body: Any, path: Mapping[str, str]) -> Create: ...
+    def __call__(self, body: Any, path: Mapping[str, str], /) -> Create: ...
 
 
 class InputError(Protocol):
     """intake's ``InvalidInput`` with the field named as this dialect's clients sent it."""
 
-    def __call__(self, exc: InvalidInput) -> InvalidInput: ...
+    def __call__(self, exc: InvalidInput, /) -> InvalidInput: ...
 
 
 def same_names(exc: InvalidInput) -> InvalidInput:

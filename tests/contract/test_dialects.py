@@ -14,7 +14,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,8 +45,8 @@ class Door:
     invalid: dict[str, Any]  # a create body this dialect refuses with a 400
     invalid_field: str  # the field that 400 names, in the dialect's words
     blocked: dict[str, Any]  # a create body the content policy blocks
+    create_params: dict[str, str]  # the create route's path parameters
     list_ids: Callable[[httpx.Client], list[str]] | None = None  # its own listing, if any
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _v3_list(c: httpx.Client) -> list[str]:
@@ -74,6 +74,7 @@ DOORS = {
         invalid={"prompt": "a kite", "duration": 5},
         invalid_field="duration",
         blocked={"prompt": f"a {BLOCKED_WORD} in the park", "duration": 4},
+        create_params={"model": "veo3.1-fast", "scene": "text-to-video"},
         list_ids=_v3_list,
     ),
     "google": Door(
@@ -91,6 +92,7 @@ DOORS = {
         invalid_field="parameters.durationSeconds",
         blocked={"instances": [{"prompt": f"a {BLOCKED_WORD} in the park"}],
                  "parameters": {"durationSeconds": 4}},
+        create_params={"model": "veo-3.1-fast-generate-preview"},
         # Google's API lists no operations; its predictions show in the v3 list (below).
     ),
     "openai": Door(
@@ -105,6 +107,7 @@ DOORS = {
         invalid={"prompt": "a kite", "seconds": "5", "size": "1280x720"},
         invalid_field="seconds",
         blocked={"prompt": f"a {BLOCKED_WORD} in the park", "seconds": "4"},
+        create_params={},
         list_ids=_openai_list,
     ),
 }
@@ -216,10 +219,7 @@ def test_create_read_list_and_the_row_records_the_dialect(
 
 def test_request_parsing_gives_reelgates_own_create(door: Door) -> None:
     dialect = DIALECTS[door.name]
-    _, path, body = door.create
-    params = {"model": path.split("/")[3], "scene": path.split("/")[4]} if door.name == "v3" \
-        else {"model": "veo-3.1-fast-generate-preview"}
-    create = dialect.parse_create(body, params)
+    create = dialect.parse_create(door.create[2], door.create_params)
     assert (create.model, create.scene) == ("veo3.1-fast", "text-to-video")
     assert create.body["prompt"] == "a kite over the dunes"
     assert create.body["duration"] == 4

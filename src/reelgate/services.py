@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-# The wiring hands the webhook sender the dialects' payloads (jobs/ knows no wire shape).
-from reelgate.api.dialects import webhook_payload
 from reelgate.backends import Backend, build_backends
 from reelgate.jobs.notify import LocalNotifier, RedisNotifier
 from reelgate.jobs.notify_socket import SocketNotifier
 from reelgate.jobs.redis_queue import QueueWorker, RedisQueue
 from reelgate.jobs.runner import Runner
-from reelgate.jobs.webhooks import WebhookSender
+from reelgate.jobs.webhooks import Payload, WebhookSender
 from reelgate.jobs.worker import LocalWorkers
 from reelgate.keycache import KeyCache
 from reelgate.media.fetch import FetchPolicy
@@ -58,9 +56,13 @@ class Services:
     _workers_lock: Any = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, run_workers: bool | None = None) -> Services:
+    async def open(cls, settings: Settings, *, run_workers: bool | None = None,
+                   webhook_payload: Payload | None = None) -> Services:
         """Open every adapter. ``run_workers`` None means: as the settings say (embedded
-        servers run workers in-process; with a Redis queue, API processes do not)."""
+        servers run workers in-process; with a Redis queue, API processes do not).
+        ``webhook_payload`` (api/dialects.webhook_payload) is what a process that runs
+        workers POSTs to webhooks: given by the caller, so that jobs/ and this module never
+        import the API's dialects."""
         settings.ensure_dirs()
         from reelgate.backends.local.config import install as install_local_models
 
@@ -153,6 +155,9 @@ class Services:
                 services._workers_lock = _try_lock(settings.data_dir / "workers.lock")
                 run_workers = services._workers_lock is not None
         if run_workers:
+            if webhook_payload is None:
+                raise ValueError("a process that runs workers delivers webhooks: give "
+                                 "Services.open the dialects' webhook_payload")
             # Connections of their own for submission intents and upstream handles (two),
             # and for lease renewals (one); only processes that run work write them.
             store.checkpoint_engine = create_engine(

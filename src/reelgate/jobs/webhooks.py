@@ -100,7 +100,7 @@ class WebhookSender:
         storage: Storage,
         policy: FetchPolicy,
         *,
-        payload: Payload,
+        payload: Payload | None,
         public_base_url: str,
         max_attempts: int,
         retry_base_s: float,
@@ -188,6 +188,7 @@ class WebhookSender:
             )
             return
         base = self.public_base_url or pred.base_url or ""
+        assert self.payload is not None  # Services.open refuses workers without one
         body = json.dumps(self.payload(pred, base, self.storage), separators=(",", ":"))
         secret = await account_secret(self.engine, pred.account_id)
         scheme = await account_scheme(self.engine, pred.account_id, pred.dialect)

@@ -484,7 +484,7 @@ def test_signing_scheme_follows_account_then_dialect() -> None:
 
 
 def test_base64_answer_is_spliced_exactly() -> None:
-    from reelgate.present import json_with_outputs
+    from reelgate.api.v3.present import json_with_outputs
 
     # A hostile error text that spells the key: json.dumps escapes its quotes, so the splice
     # still lands on the real field.

@@ -137,7 +137,10 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        services = await Services.open(settings, run_workers=True)
+        from reelgate.api.dialects import webhook_payload
+
+        services = await Services.open(settings, run_workers=True,
+                                       webhook_payload=webhook_payload)
         local = services.backends.get("local")
         if preload and local is not None:
             # Weights load once per process and stay warm; a prediction that arrives

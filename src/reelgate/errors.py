@@ -1,22 +1,24 @@
-"""Errors a client sees, in the hosted services' body: {"error": {"message", "type"}}."""
+"""reelgate's own errors. Each API dialect writes them in its own body (api/dialects.py): the
+status and the message are the same whichever door a request came through."""
 
 from __future__ import annotations
 
+# Why an error happened, where the status alone does not say it and a dialect's body does
+# (v3's "type", OpenAI's "code"): a content-policy block.
+CONTENT_POLICY = "content_policy"
+
 
 class ApiError(Exception):
-    """An answer with an error body. ``type`` is usually the status as text; the one known
-    exception is a content-policy block (status 400, type "503")."""
+    """An answer with an error body: an HTTP status, a message and, where a dialect needs
+    more than the status to name it, a ``reason`` (one of the constants above)."""
 
-    def __init__(self, status: int, message: str, *, type: str | None = None,
+    def __init__(self, status: int, message: str, *, reason: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type or str(status)
+        self.reason = reason
         self.headers = headers or {}
-
-    def body(self) -> dict[str, dict[str, str]]:
-        return {"error": {"message": self.message, "type": self.type}}
 
 
 class InvalidInput(ApiError):
@@ -39,7 +41,8 @@ class NotFound(ApiError):
 
 
 class PolicyBlocked(ApiError):
-    """Content policy: the documented quirk is HTTP 400 with type "503"."""
+    """Content policy: a 400 (by default) whose reason each dialect names its own way (v3's
+    documented quirk is type "503", api/v3/errors.py)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(status, message, type="503")
+        super().__init__(status, message, reason=CONTENT_POLICY)

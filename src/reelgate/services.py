@@ -23,7 +23,7 @@ from reelgate.jobs.dispatch import (
 from reelgate.jobs.notify import LocalNotifier, Notifier, RedisNotifier
 from reelgate.jobs.runner import Runner
 from reelgate.jobs.siblings import Siblings
-from reelgate.jobs.webhooks import WebhookSender
+from reelgate.jobs.webhooks import Payload, WebhookSender
 from reelgate.keycache import KeyCache
 from reelgate.media.fetch import FetchPolicy
 from reelgate.media.s3 import build_storage
@@ -64,9 +64,13 @@ class Services:
     _workers_lock: Any = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, run_workers: bool | None = None) -> Services:
+    async def open(cls, settings: Settings, *, run_workers: bool | None = None,
+                   webhook_payload: Payload | None = None) -> Services:
         """Open every adapter. ``run_workers`` None means: as the settings say (embedded
-        servers run workers in-process; with a Redis queue, API processes do not)."""
+        servers run workers in-process; with a Redis queue, API processes do not).
+        ``webhook_payload`` (api/dialects.webhook_payload) is what a process that runs
+        workers POSTs to webhooks: given by the caller, so that jobs/ and this module never
+        import the API's dialects."""
         settings.ensure_dirs()
         from reelgate.backends.local.config import install as install_local_models
 
@@ -136,6 +140,7 @@ class Services:
                 store,
                 storage,
                 FetchPolicy.from_settings(settings),
+                payload=webhook_payload,
                 public_base_url=settings.public_base_url,
                 max_attempts=settings.webhook_max_attempts,
                 retry_base_s=settings.webhook_retry_base_s,
@@ -157,6 +162,9 @@ class Services:
                 services._workers_lock = _try_lock(settings.data_dir / "workers.lock")
                 run_workers = services._workers_lock is not None
         if run_workers:
+            if webhook_payload is None:
+                raise ValueError("a process that runs workers delivers webhooks: give "
+                                 "Services.open the dialects' webhook_payload")
             # Connections of their own for submission intents and upstream handles (two),
             # and for lease renewals (one); only processes that run work write them.
             store.checkpoint_engine = create_engine(

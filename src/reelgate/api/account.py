@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from reelgate import billing
 from reelgate.api.auth import require_key
+from reelgate.api.v3.present import envelope
 from reelgate.store.repo import KeyRecord
 
 router = APIRouter(prefix="/api/v3")
@@ -16,17 +17,13 @@ router = APIRouter(prefix="/api/v3")
 async def _balance(request: Request, key: KeyRecord) -> dict[str, Any]:
     services = request.app.state.services
     micros = await services.store.balance(key.account_id)
-    return {
-        "code": 200,
-        "message": "success",
-        "data": {
-            # A JSON number, as WaveSpeed documents data.balance (clients compare it with
-            # numbers); balance_micros is the exact amount.
-            "balance": micros / billing.MICROS,
-            "balance_micros": micros,
-            "currency": services.settings.currency,
-        },
-    }
+    return envelope({
+        # A JSON number, as WaveSpeed documents data.balance (clients compare it with
+        # numbers); balance_micros is the exact amount.
+        "balance": micros / billing.MICROS,
+        "balance_micros": micros,
+        "currency": services.settings.currency,
+    })
 
 
 @router.get("/balance", summary="The caller's available balance")
@@ -44,12 +41,8 @@ async def account_balance(request: Request,
 @router.get("/prices", summary="Price per second of video, by model and resolution")
 async def prices(request: Request, key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
     settings = request.app.state.services.settings
-    return {
-        "code": 200,
-        "message": "success",
-        "data": {
-            "currency_unit": "micro (1/1,000,000) of the operator's currency",
-            "free_backends": settings.free_backends,
-            "prices": billing.PriceTable.from_settings(settings).table(),
-        },
-    }
+    return envelope({
+        "currency_unit": "micro (1/1,000,000) of the operator's currency",
+        "free_backends": settings.free_backends,
+        "prices": billing.PriceTable.from_settings(settings).table(),
+    })

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from reelgate import billing
+from reelgate.api.auth import bearer_secret
 from reelgate.errors import ApiError, InvalidInput, Unauthorized
 from reelgate.store.admin import AdminStore
 
@@ -25,8 +26,7 @@ async def require_admin(request: Request) -> AdminStore:
     token = services.settings.admin_token
     if not token:
         raise ApiError(404, "The admin API is disabled (set REELGATE_ADMIN_TOKEN)")
-    header = request.headers.get("authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else header.strip()
+    given = bearer_secret(request.headers.get("authorization")) or ""
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise Unauthorized("Invalid admin token")
     return AdminStore(services.store)

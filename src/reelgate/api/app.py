@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await Services.open(settings)
+        services = await Services.open(settings, webhook_payload=dialects.webhook_payload)
         app.state.services = services
         try:
             yield

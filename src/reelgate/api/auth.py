@@ -11,7 +11,10 @@ from reelgate.errors import ApiError, Unauthorized
 from reelgate.store.repo import KeyRecord
 
 
-def _secret_from_header(value: str | None) -> str | None:
+def bearer_secret(value: str | None) -> str | None:
+    """The credential in an ``Authorization`` header's value (``Bearer <secret>`` or the
+    bare secret), or None when there is none. The one parser of the header: API keys of
+    every dialect and the admin token alike."""
     if not value:
         return None
     value = value.strip()
@@ -22,7 +25,7 @@ def _secret_from_header(value: str | None) -> str | None:
 
 
 async def require_key(request: Request) -> KeyRecord:
-    secret = _secret_from_header(request.headers.get("authorization"))
+    secret = bearer_secret(request.headers.get("authorization"))
     if secret is None:
         raise Unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'")
     return await key_for_secret(request, secret)

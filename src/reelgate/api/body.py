@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reelgate.api.dialects import error_body_for
 from reelgate.errors import InvalidInput
 
 MAX_DEPTH = 32
@@ -128,8 +129,9 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def _error(status: int, message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": str(status)}}).encode()
+def _error(status: int, message: str, path: str) -> bytes:
+    # In the body of the dialect that owns the path, as every other error (api/errors.py).
+    return json.dumps(error_body_for(path)(status, message, None)).encode()
 
 
 class BoundedInputMiddleware:
@@ -147,15 +149,19 @@ class BoundedInputMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def refuse(status: int, message: str) -> None:
+            await self._answer(send, status, message, scope["path"])
+
         if "\x00" in scope["path"]:
-            await self._answer(send, 404, f"Not found: {scope['method']} (a path with a NUL)")
+            await refuse(404, f"Not found: {scope['method']} (a path with a NUL)")
             return
         query = scope.get("query_string", b"")
         if b"%00" in query or b"\x00" in query:
             for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
                 if "\x00" in name or "\x00" in value:
                     shown = name.replace("\x00", "\\0")
-                    await self._answer(send, 400, f"{shown}: must not contain NUL characters")
+                    await refuse(400, f"{shown}: must not contain NUL characters")
                     return
         headers = dict(scope.get("headers") or [])
         ctype = headers.get(b"content-type", b"").decode("latin-1")
@@ -164,7 +170,7 @@ class BoundedInputMiddleware:
             return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._answer(send, 400, f"body: is larger than {self.max_body_bytes} bytes")
+            await refuse(400, f"body: is larger than {self.max_body_bytes} bytes")
             return
         chunks: list[bytes] = []
         size = 0
@@ -175,7 +181,7 @@ class BoundedInputMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await self._answer(send, 400, f"body: is larger than {self.max_body_bytes} bytes")
+                await refuse(400, f"body: is larger than {self.max_body_bytes} bytes")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -186,7 +192,7 @@ class BoundedInputMiddleware:
             try:
                 scope[SCOPE_KEY] = parse_json(raw)
             except InvalidInput as exc:
-                await self._answer(send, 400, exc.message)
+                await refuse(400, exc.message)
                 return
         replayed = False
 
@@ -200,8 +206,8 @@ class BoundedInputMiddleware:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _answer(send: Send, status: int, message: str) -> None:
-        body = _error(status, message)
+    async def _answer(send: Send, status: int, message: str, path: str) -> None:
+        body = _error(status, message, path)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})

@@ -1,5 +1,6 @@
-"""Every error leaves as the hosted services' body, ``{"error": {"message", "type"}}``,
-including the framework's own 404/405 and unexpected exceptions (never a stack trace)."""
+"""Every error leaves in the body of the dialect that owns the path (v3's ``{"error":
+{"message", "type"}}`` unless another dialect claims it), including the framework's own
+404/405 and unexpected exceptions (never a stack trace)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ log = logging.getLogger("reelgate.api")
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "list[str]", "none", "function-after"})
 
 
-def error_response(status: int, message: str, type: str | None = None,
+def error_response(status: int, message: str, reason: str | None = None,
                    headers: dict[str, str] | None = None, *, path: str = "") -> JSONResponse:
-    # The body is the dialect's that owns the path (v3 unless another claims it).
     return JSONResponse(
-        error_body_for(path)(status, message, type or str(status)),
+        error_body_for(path)(status, message, reason),
         status_code=status,
         headers=headers,
     )
@@ -31,7 +31,7 @@ def error_response(status: int, message: str, type: str | None = None,
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.type, exc.headers,
+        return error_response(exc.status, exc.message, exc.reason, exc.headers,
                               path=request.url.path)
 
     @app.exception_handler(RequestValidationError)

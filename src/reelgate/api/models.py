@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from reelgate import catalog
+from reelgate.api.v3.present import envelope
 from reelgate.backends import NotConfigured, backend_for, intake_backend
 from reelgate.settings import Settings
 
@@ -95,4 +96,4 @@ async def list_models(request: Request) -> dict[str, Any]:
         data.append(row)
     for m in catalog.LOCAL_MODELS.values():
         data.append(_local_row(m))
-    return {"code": 200, "message": "success", "data": data}
+    return envelope(data)

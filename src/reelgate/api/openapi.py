@@ -24,8 +24,9 @@ from fastapi.routing import APIRoute
 
 from reelgate.api.admin import require_admin
 from reelgate.api.auth import require_key
-from reelgate.api.dialects import error_body_for, v3_error_body
-from reelgate.api.schemas import ErrorBody
+from reelgate.api.dialects import error_body_for
+from reelgate.api.v3 import errors as v3_errors
+from reelgate.api.v3.schemas import ErrorBody
 
 DESCRIPTIONS = {
     "400": "Invalid parameters (the message names the field and the rule)",
@@ -94,7 +95,7 @@ def build(app: FastAPI, extra_schemas: dict[str, Any]) -> dict[str, Any]:
     for route in api_routes(app.routes):
         if not route.include_in_schema:
             continue
-        own_body = error_body_for(route.path_format) is v3_error_body
+        own_body = error_body_for(route.path_format) is v3_errors.error_body
         item = schema["paths"].get(route.path_format, {})
         for method in route.methods:
             op = item.get(method.lower())

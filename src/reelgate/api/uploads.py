@@ -9,7 +9,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from reelgate.api.auth import require_key
-from reelgate.api.v3 import base_url
+from reelgate.api.deps import base_url
+from reelgate.api.v3.present import envelope
 from reelgate.errors import ApiError, InvalidInput, NotFound
 from reelgate.store.repo import KeyRecord
 from reelgate.store.tables import utcnow
@@ -38,22 +39,20 @@ async def create_upload(
         key.account_id, body.filename, body.size, body.content_type
     )
     base = base_url(request, services)
-    return {
-        "code": 200,
-        "message": "success",
-        "data": {
-            "id": record["id"],
-            "upload": {
-                "method": "PUT",
-                "url": services.uploads.put_url(record["id"], base),
-                "headers": {"Content-Type": record["content_type"]},
-            },
-            "download_url": services.uploads.download_url(
-                record["id"], record["filename"], record["expires_at"], base
-            ),
-            "expires_at": _iso(record["expires_at"]),
+    return envelope({
+        "id": record["id"],
+        "upload": {
+            "method": "PUT",
+            # The signed query belongs to the media layer, the path to this route.
+            "url": f"{base}/api/v3/media/uploads/{record['id']}?"
+                   f"{services.uploads.put_query(record['id'])}",
+            "headers": {"Content-Type": record["content_type"]},
         },
-    }
+        "download_url": services.uploads.download_url(
+            record["id"], record["filename"], record["expires_at"], base
+        ),
+        "expires_at": _iso(record["expires_at"]),
+    })
 
 
 @router.put(
@@ -69,7 +68,7 @@ async def put_upload(
     if not services.uploads.verify_put(upload_id, expires, signature):
         raise ApiError(403, "This upload URL is invalid or has expired; ask for a new one")
     await services.uploads.receive(upload_id, request.stream())
-    return {"code": 200, "message": "success"}
+    return envelope()
 
 
 @router.post("/api/v3/media/upload/binary", summary="Upload a file in one request")
@@ -97,25 +96,21 @@ async def upload_binary(request: Request, key: KeyRecord = Depends(require_key))
     if not data:
         raise InvalidInput("file", "is empty")
     record = await services.uploads.create_ready(key.account_id, filename, part_type, data)
-    return {
-        "code": 200,
-        "message": "success",
-        "data": {
-            "id": record["id"],
-            # WaveSpeed's field: image, video or audio; reelgate takes images only.
-            "type": "image",
-            "download_url": services.uploads.download_url(
-                record["id"],
-                record["filename"],
-                record["expires_at"],
-                base_url(request, services),
-            ),
-            "filename": record["filename"],
-            "size": record["size"],
-            "content_type": record["content_type"],
-            "expires_at": _iso(record["expires_at"]),
-        },
-    }
+    return envelope({
+        "id": record["id"],
+        # WaveSpeed's field: image, video or audio; reelgate takes images only.
+        "type": "image",
+        "download_url": services.uploads.download_url(
+            record["id"],
+            record["filename"],
+            record["expires_at"],
+            base_url(request, services),
+        ),
+        "filename": record["filename"],
+        "size": record["size"],
+        "content_type": record["content_type"],
+        "expires_at": _iso(record["expires_at"]),
+    })
 
 
 @router.get("/media/uploads/{upload_id}/{filename}", include_in_schema=False)

@@ -10,10 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from reelgate.api.auth import require_key
+from reelgate.api.v3.present import envelope
 from reelgate.errors import NotFound
 from reelgate.jobs.signing import STANDARD
 from reelgate.jobs.webhooks import account_scheme, account_secret
-from reelgate.present import envelope
 from reelgate.store.repo import KeyRecord
 
 router = APIRouter(prefix="/api/v3/webhooks", tags=["webhooks"])

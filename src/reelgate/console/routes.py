@@ -29,13 +29,12 @@ from reelgate.errors import ApiError, InvalidInput
 from reelgate.jobs.runner import read_input
 from reelgate.media.storage import StorageKeyMissing
 from reelgate.policy import ContentBlocked
-from reelgate.present import prediction_data
 from reelgate.requests import validate_create
 from reelgate.services import Services
 from reelgate.store.admin import AdminStore
 from reelgate.store.console import ConsoleStore
 from reelgate.store.repo import KeyRecord, Prediction, hash_key
-from reelgate.store.tables import ENDED, UNFINISHED, utcnow
+from reelgate.store.tables import CANCELLED, COMPLETED, ENDED, FAILED, UNFINISHED, utcnow
 
 from . import charts
 from . import session as sess
@@ -542,10 +541,13 @@ class NotFoundPage(Exception):
 
 async def _status_context(request: Request, pred: Prediction) -> dict[str, Any]:
     services = services_of(request)
-    data = prediction_data(pred, base_url(request), services.storage)
     elapsed = (pred.completed_at or utcnow()) - pred.created_at
-    return {"p": pred, "data": data, "elapsed_s": max(0.0, elapsed.total_seconds()),
-            "video": data["outputs"][0] if data["outputs"] else None}
+    video = (services.storage.url(pred.outputs[0], base_url(request))
+             if pred.status == COMPLETED and pred.outputs else None)
+    # A failure or a cancellation says why; an unfinished or completed one has no error.
+    error = pred.error if pred.status in (FAILED, CANCELLED) else ""
+    return {"p": pred, "error": error, "elapsed_s": max(0.0, elapsed.total_seconds()),
+            "video": video}
 
 
 @router.get("/p/{prediction_id}/status", response_class=HTMLResponse)

@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,12 +26,15 @@ from reelgate.errors import InvalidInput
 from reelgate.jobs.signing import scheme_for, signature_headers
 from reelgate.media.fetch import FetchPolicy, pinned_request, resolve_destination
 from reelgate.media.storage import Storage
-from reelgate.present import webhook_data
 from reelgate.store.jobs import lease_free
-from reelgate.store.repo import Store
+from reelgate.store.repo import Prediction, Store
 from reelgate.store.tables import accounts, utcnow, webhook_deliveries
 
 log = logging.getLogger("reelgate.webhooks")
+
+# The body of a delivery, in the shape of the dialect the prediction came through
+# (api/dialects.webhook_payload, given by the wiring: the sender knows no wire shape).
+Payload = Callable[[Prediction, str, Storage], dict[str, Any]]
 
 CLAIM_S = 120
 MAX_DELAY_S = 3600
@@ -97,6 +101,7 @@ class WebhookSender:
         storage: Storage,
         policy: FetchPolicy,
         *,
+        payload: Payload | None,
         public_base_url: str,
         max_attempts: int,
         retry_base_s: float,
@@ -106,6 +111,7 @@ class WebhookSender:
         self.engine = store.engine
         self.storage = storage
         self.policy = policy
+        self.payload = payload
         self.public_base_url = public_base_url
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
@@ -177,11 +183,10 @@ class WebhookSender:
             )
             return
         base = self.public_base_url or pred.base_url or ""
-        body = json.dumps(webhook_data(pred, base, self.storage), separators=(",", ":"))
+        assert self.payload is not None  # Services.open refuses workers without one
+        body = json.dumps(self.payload(pred, base, self.storage), separators=(",", ":"))
         secret = await account_secret(self.engine, pred.account_id)
-        # Rows record their dialect once several dialects exist; until then all are v3.
-        dialect = getattr(pred, "dialect", None) or "v3"
-        scheme = await account_scheme(self.engine, pred.account_id, dialect)
+        scheme = await account_scheme(self.engine, pred.account_id, pred.dialect)
         status_code: int | None = None
         error = ""
         try:

@@ -101,13 +101,12 @@ class Uploads:
 
     # --- URLs ------------------------------------------------------------------------------
 
-    def put_url(self, upload_id: str, base_url: str) -> str:
+    def put_query(self, upload_id: str) -> str:
+        """The signed query string (``expires``, ``signature``) that lets the bytes of a
+        ticket be PUT, for the route that takes them (the API builds the URL)."""
         expires = int(utcnow().timestamp()) + PUT_TTL_S
         sig = self.signer.signature(f"upload-put/{upload_id}", expires)
-        return (
-            f"{base_url}/api/v3/media/uploads/{upload_id}?"
-            f"{urlencode({'expires': expires, 'signature': sig})}"
-        )
+        return urlencode({"expires": expires, "signature": sig})
 
     def download_url(
         self, upload_id: str, filename: str, expires_at: datetime, base_url: str

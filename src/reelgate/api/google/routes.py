@@ -22,10 +22,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from reelgate import intake
-from reelgate.api.auth import _secret_from_header, key_for_secret
+from reelgate.api.auth import bearer_secret, key_for_secret
+from reelgate.api.deps import base_url, json_body, services_of
 from reelgate.api.google import translate
 from reelgate.api.outputs import read_video, video_response
-from reelgate.api.v3 import _json_body, base_url, services_of
 from reelgate.errors import InvalidInput, NotFound, Unauthorized
 from reelgate.store.repo import KeyRecord, Prediction
 
@@ -40,7 +40,7 @@ _FILE_ID = re.compile(r"files/([a-z0-9]+)(?::download)?")
 
 async def google_key(request: Request) -> KeyRecord:
     secret = (request.headers.get("x-goog-api-key") or request.query_params.get("key")
-              or _secret_from_header(request.headers.get("authorization")))
+              or bearer_secret(request.headers.get("authorization")))
     if not secret:
         raise Unauthorized("Method doesn't allow unregistered callers (callers without "
                            "established identity). Please use API Key or other form of API "
@@ -50,15 +50,13 @@ async def google_key(request: Request) -> KeyRecord:
 
 async def _create(request: Request, model: str, key: KeyRecord, *, name_prefix: str) -> dict:
     services = services_of(request)
-    body = await _json_body(request)
-    m, scene, create = translate.parse_predict(model, body)
+    body = await json_body(request)
+    create = translate.parse_create(body, {"model": model})
     try:
-        pred, _ = await intake.accept(services, key, m.name, scene, create,
+        pred, _ = await intake.accept(services, key, create.model, create.scene, create.body,
                                       base_url=base_url(request, services), dialect="google")
     except InvalidInput as exc:
-        # Name the field the way the caller sent it.
-        raise InvalidInput(translate.google_field(exc.field),
-                           translate.google_rule(exc.rule)) from None
+        raise translate.input_error(exc) from None
     return {"name": f"{name_prefix}models/{model}/operations/{pred.id}"}
 
 
@@ -85,9 +83,7 @@ async def gemini_predict(model: str, request: Request,
 async def gemini_operation(model: str, op_id: str, request: Request,
                            key: KeyRecord = Depends(google_key)) -> dict[str, Any]:
     pred = await _prediction(request, key, op_id)
-    base = base_url(request, services_of(request))
-    video = {"uri": f"{base}/v1beta/files/{pred.id}:download?alt=media",
-             "mimeType": "video/mp4"}
+    video = translate.file_uri(base_url(request, services_of(request)), pred.id)
     return translate.operation(pred, f"models/{model}/operations/{op_id}", video=video,
                                vertex=False)
 
@@ -123,7 +119,7 @@ async def vertex_project_predict(project: str, location: str, model: str, reques
 
 
 async def _fetch(request: Request, key: KeyRecord) -> dict[str, Any]:
-    body = await _json_body(request)
+    body = await json_body(request)
     name = body.get("operationName") if isinstance(body, dict) else None
     if not isinstance(name, str) or not name:
         raise InvalidInput("operationName", "is required")

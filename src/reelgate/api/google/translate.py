@@ -11,10 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from reelgate import catalog
+from reelgate.api.dialects import Create
 from reelgate.errors import ApiError, InvalidInput
+from reelgate.media.storage import Storage
 from reelgate.store.repo import Prediction
 from reelgate.store.tables import CANCELLED, COMPLETED, FAILED
 
@@ -59,7 +62,7 @@ STATUS_NAMES = {
 }
 
 
-def error_body(status: int, message: str, type: str) -> dict[str, Any]:
+def error_body(status: int, message: str, reason: str | None) -> dict[str, Any]:
     """Google's error body: ``{"error": {"code", "message", "status"}}``."""
     return {"error": {"code": status, "message": message,
                       "status": STATUS_NAMES.get(status, "UNKNOWN")}}
@@ -79,6 +82,11 @@ def google_rule(rule: str) -> str:
         if "_" in ours:
             rule = re.sub(rf"\b{ours}\b", theirs, rule)
     return rule
+
+
+def input_error(exc: InvalidInput) -> InvalidInput:
+    """intake's error with the field named the way the caller sent it."""
+    return InvalidInput(google_field(exc.field), google_rule(exc.rule))
 
 
 def _image(value: Any, field: str) -> str:
@@ -174,6 +182,12 @@ def parse_predict(model: str, body: Any) -> tuple[catalog.Model, str, dict[str, 
     return m, scene, out
 
 
+def parse_create(body: Any, path: Mapping[str, str]) -> Create:
+    """The dialect's request parser: ``path["model"]`` is the model of the URL."""
+    m, scene, create = parse_predict(path["model"], body)
+    return Create(m.name, scene, create)
+
+
 def operation_id(name: str) -> str:
     """The prediction id at the end of an operation name (``.../operations/{id}``)."""
     return name.rstrip("/").rpartition("/operations/")[2] or name
@@ -206,6 +220,19 @@ def operation(pred: Prediction, name: str, *, video: dict[str, Any] | None,
     else:
         doc["response"] = {"@type": GEMINI_RESPONSE_TYPE, "generateVideoResponse": inner}
     return doc
+
+
+def file_uri(base_url: str, prediction_id: str) -> dict[str, Any]:
+    """The Gemini API's video object: a file to download (files.download follows it)."""
+    return {"uri": f"{base_url.rstrip('/')}/v1beta/files/{prediction_id}:download?alt=media",
+            "mimeType": "video/mp4"}
+
+
+def present(pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]:
+    """The prediction as the Gemini API's operations.get answers it (named by the catalog
+    model, which the routes accept like Google's ids)."""
+    return operation(pred, f"models/{pred.model}/operations/{pred.id}",
+                     video=file_uri(base_url, pred.id), vertex=False)
 
 
 def _time(value: Any) -> str:

@@ -18,9 +18,9 @@ from starlette.datastructures import UploadFile
 
 from reelgate import intake
 from reelgate.api.auth import require_key
+from reelgate.api.deps import base_url, json_body, services_of
 from reelgate.api.openai import translate
 from reelgate.api.outputs import output_key, read_video, video_response
-from reelgate.api.v3 import _json_body, base_url, services_of
 from reelgate.errors import ApiError, InvalidInput, NotFound
 from reelgate.media.storage import LocalStorage
 from reelgate.media.video import read_frame
@@ -70,15 +70,13 @@ async def create_video(request: Request,
     if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         fields = await _form_fields(request)
     else:
-        fields = await _json_body(request)
-        if not isinstance(fields, dict):
-            raise InvalidInput("body", "must be a JSON object")
-    m, scene, body = translate.parse_create(fields)
+        fields = await json_body(request)
+    create = translate.parse(fields, {})
     try:
-        pred, _ = await intake.accept(services, key, m.name, scene, body,
+        pred, _ = await intake.accept(services, key, create.model, create.scene, create.body,
                                       base_url=base_url(request, services), dialect="openai")
     except InvalidInput as exc:
-        raise InvalidInput(translate.openai_field(exc.field), exc.rule) from None
+        raise translate.input_error(exc) from None
     return _video_answer(pred)
 
 

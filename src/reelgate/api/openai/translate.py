@@ -7,10 +7,13 @@ with a 400 naming the sizes and lengths it can.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from reelgate import catalog
-from reelgate.errors import ApiError, InvalidInput
+from reelgate.api.dialects import Create
+from reelgate.errors import CONTENT_POLICY, ApiError, InvalidInput
+from reelgate.media.storage import Storage
 from reelgate.store.repo import Prediction
 from reelgate.store.tables import CANCELLED, COMPLETED, CREATED, FAILED, PROCESSING
 
@@ -35,10 +38,10 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
 _ERROR_CODES = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded"}
 
 
-def error_body(status: int, message: str, type: str) -> dict[str, Any]:
+def error_body(status: int, message: str, reason: str | None) -> dict[str, Any]:
     """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
     code = _ERROR_CODES.get(status)
-    if type == "503":  # reelgate's content-policy block
+    if reason == CONTENT_POLICY:
         code = "moderation_blocked"
     elif "Insufficient balance" in message:
         code = "insufficient_quota"
@@ -103,9 +106,23 @@ def parse_create(fields: dict[str, Any]) -> tuple[catalog.Model, str, dict[str, 
     return m, scene, body
 
 
+def parse(fields: Any, path: Mapping[str, str]) -> Create:
+    """The dialect's request parser: the create fields (a JSON object, or the multipart
+    form's fields) → reelgate's create (no path parameters)."""
+    if not isinstance(fields, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    m, scene, body = parse_create(fields)
+    return Create(m.name, scene, body)
+
+
 def openai_field(field: str) -> str:
     return {"duration": "seconds", "resolution": "size", "aspect_ratio": "size",
             "image": "input_reference"}.get(field, field)
+
+
+def input_error(exc: InvalidInput) -> InvalidInput:
+    """intake's error with the field named as the OpenAI client sent it."""
+    return InvalidInput(openai_field(exc.field), exc.rule)
 
 
 def video_object(pred: Prediction) -> dict[str, Any]:
@@ -132,6 +149,21 @@ def video_object(pred: Prediction) -> dict[str, Any]:
         "remixed_from_video_id": None,
         "error": error,
     }
+
+
+def present(pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]:
+    """The dialect's presenter: the video object (retrieve, list and create answer it)."""
+    return video_object(pred)
+
+
+def webhook_event(pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]:
+    """OpenAI's webhook event for a video that ended (``video.completed`` or
+    ``video.failed``): the video's id only, as OpenAI sends it; the receiver retrieves it.
+    This door takes no webhook today; the shape is here so one needs no other change."""
+    ended = pred.completed_at or pred.created_at
+    return {"id": f"evt_{pred.id}", "object": "event", "created_at": int(ended.timestamp()),
+            "type": "video.completed" if pred.status == COMPLETED else "video.failed",
+            "data": {"id": pred.id}}
 
 
 def not_offered(what: str) -> ApiError:

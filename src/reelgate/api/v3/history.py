@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from reelgate import catalog
+from reelgate.api.v3.present import prediction_data
 from reelgate.errors import InvalidInput
-from reelgate.present import prediction_data
 from reelgate.services import Services
 from reelgate.store.tables import ENDED, UNFINISHED
 

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from reelgate import intake
-from reelgate.api import body as bounded
 from reelgate.api.auth import require_key
-from reelgate.api.history import (
+from reelgate.api.deps import base_url, json_body, optional_json_body, services_of
+from reelgate.api.v3.history import (
     MAX_PAGE,
     HistoryBody,
     HistoryFilter,
@@ -19,10 +19,10 @@ from reelgate.api.history import (
     history_page,
     parse_time,
 )
-from reelgate.api.schemas import ERROR_RESPONSES, ErrorBody, PredictionEnvelope
+from reelgate.api.v3.present import envelope, inline_outputs, json_with_outputs, present
+from reelgate.api.v3.schemas import ERROR_RESPONSES, ErrorBody, PredictionEnvelope
 from reelgate.backends.registry import cancellable_backends
 from reelgate.errors import ApiError, InvalidInput, NotFound
-from reelgate.present import envelope, inline_outputs, json_with_outputs, prediction_data
 from reelgate.requests import CreateBody, resolve_model_scene
 from reelgate.services import Services
 from reelgate.store.repo import KeyRecord, Prediction
@@ -51,16 +51,8 @@ CREATE_ROUTE: dict[str, Any] = dict(
 )
 
 
-def services_of(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-def base_url(request: Request, services: Services) -> str:
-    return services.settings.public_base_url.rstrip("/") or str(request.base_url).rstrip("/")
-
-
 def render(pred: Prediction, request: Request, services: Services) -> dict[str, Any]:
-    return envelope(prediction_data(pred, base_url(request, services), services.storage))
+    return present(pred, base_url(request, services), services.storage)
 
 
 async def answer(pred: Prediction, request: Request, services: Services,
@@ -85,17 +77,6 @@ async def answer(pred: Prediction, request: Request, services: Services,
     return JSONResponse(body, headers=headers)
 
 
-async def _json_body(request: Request) -> Any:
-    # Parsed (with bounds) by BoundedInputMiddleware when sent as JSON; clients that send
-    # no Content-Type get the same parser here.
-    if bounded.SCOPE_KEY in request.scope:
-        return request.scope[bounded.SCOPE_KEY]
-    raw = await request.body()
-    if not raw.strip():
-        raise InvalidInput("body", "must be a JSON object with at least a prompt")
-    return bounded.parse_json(raw, max_bytes=services_of(request).settings.body_limit)
-
-
 @router.post(
     "/google/{model}/{scene}",
     summary="Create a prediction",
@@ -116,7 +97,7 @@ async def create_prediction(
     services = services_of(request)
     resolve_model_scene(model, scene)  # an unknown route is a 404 whatever the body
     idempotency_key = intake.check_idempotency_key(idempotency_key)
-    body = await _json_body(request)
+    body = await json_body(request)
     pred, req = await intake.accept(services, key, model, scene, body,
                                     base_url=base_url(request, services), webhook=webhook,
                                     idempotency_key=idempotency_key)
@@ -308,15 +289,8 @@ async def list_predictions(
 async def list_predictions_post(request: Request,
                                 key: KeyRecord = Depends(require_key)) -> dict[str, Any]:
     services = services_of(request)
-    # The same bounded parser as every JSON body (the middleware's result when sent as JSON).
     # No body means no filter; a body of JSON null is not the documented object (a 400).
-    body: Any = {}
-    if bounded.SCOPE_KEY in request.scope:
-        body = request.scope[bounded.SCOPE_KEY]
-    else:
-        raw = await request.body()
-        if raw.strip():
-            body = bounded.parse_json(raw, max_bytes=services.settings.body_limit)
+    body = await optional_json_body(request)
     if body is None:
         raise InvalidInput("body", "must be a JSON object (or no body at all)")
     f = filter_from_body(body)

@@ -1,4 +1,5 @@
-"""The prediction object as clients see it, shared by the HTTP answers and webhooks."""
+"""The v3 dialect's presentation: the prediction object (HTTP answers and webhook bodies),
+the ``{"code", "message", "data"}`` envelope of every v3 answer, and base64 outputs."""
 
 from __future__ import annotations
 
@@ -59,16 +60,28 @@ INPUT_FIELDS = ("prompt", "aspect_ratio", "resolution", "duration", "enhance_pro
                 "enable_upsample", "negative_prompt", "seed", "generate_audio")
 
 
-def webhook_data(pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]:
-    """The body of a webhook delivery: the prediction object plus ``input``."""
+def webhook_payload(pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]:
+    """The body of a webhook delivery (WaveSpeed's): the prediction object plus ``input``."""
     data = prediction_data(pred, base_url, storage)
     given = {k: pred.params[k] for k in INPUT_FIELDS if pred.params.get(k) is not None}
     return {"id": data["id"], "model": data["model"], "input": given,
             **{k: v for k, v in data.items() if k not in ("id", "model")}}
 
 
-def envelope(data: Any) -> dict[str, Any]:
+_NO_DATA: Any = object()
+
+
+def envelope(data: Any = _NO_DATA) -> dict[str, Any]:
+    """A successful v3 answer: ``{"code": 200, "message": "success", "data": ...}`` (without
+    ``data`` for the few answers that carry none, such as an upload's PUT)."""
+    if data is _NO_DATA:
+        return {"code": 200, "message": "success"}
     return {"code": 200, "message": "success", "data": data}
+
+
+def present(pred: Prediction, base_url: str, storage: Storage) -> dict[str, Any]:
+    """A prediction as a v3 read answers it (URLs for the outputs)."""
+    return envelope(prediction_data(pred, base_url, storage))
 
 
 def wants_base64(pred: Prediction) -> bool:

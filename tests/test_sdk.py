@@ -31,7 +31,7 @@ from reelgate.client import (
     ReelgateError,
     WaitTimeout,
 )
-from reelgate.client_config import ConfigError, resolve
+from reelgate.client.config import ConfigError, resolve
 from reelgate.media.video import probe_video
 from tests.conftest import IMAGE_HOST, ServerProcess, make_image
 
@@ -447,7 +447,7 @@ async def test_async_cancel(slow_server: ServerProcess) -> None:
 
 
 def test_date_bounds_are_sent_as_the_api_takes_them() -> None:
-    from reelgate.client import _when
+    from reelgate.client.sdk import _when
 
     assert _when(date(2026, 11, 7)) == "2026-11-07"
     assert _when(datetime(2026, 11, 7, 3, 4, 5, tzinfo=UTC)) == "2026-11-07T03:04:05Z"

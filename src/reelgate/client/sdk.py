@@ -34,8 +34,8 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from reelgate import __version__
-from reelgate.client_config import resolve
-from reelgate.webhook_verify import WebhookVerificationError, verify_webhook
+from reelgate.client.config import resolve
+from reelgate.client.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "APIConnectionError",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import inspect
 import mimetypes
 import os
@@ -780,7 +781,7 @@ class Client(_Base):
     def balance(self) -> Balance:
         return Balance.from_api(self._call("GET", "/api/v3/balance"))
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> builtins.list[dict[str, Any]]:
         """The models this server offers, with their scenes and allowed values."""
         return list(self._call("GET", "/api/v3/models"))
 
@@ -796,7 +797,7 @@ def _finish(pred: Prediction, raise_on_failure: bool) -> Prediction:
 
 
 def _create_backoff(attempt: int) -> float:
-    return min(8.0, 0.5 * 2 ** attempt)
+    return min(8.0, 0.5 * 2.0 ** attempt)
 
 
 def _transient_delay(exc: ReelgateError, deadline: float | None) -> float:
@@ -1003,7 +1004,7 @@ class AsyncClient(_Base):
     async def balance(self) -> Balance:
         return Balance.from_api(await self._call("GET", "/api/v3/balance"))
 
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> builtins.list[dict[str, Any]]:
         return list(await self._call("GET", "/api/v3/models"))
 
     async def webhook_secret(self) -> str:

@@ -395,6 +395,22 @@ def test_importing_reelgate_does_not_import_the_client() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_client_package_loads_without_the_server() -> None:
+    """An application that only calls a server gets the SDK, the user CLI and webhook
+    verification without the server's web framework, database or queue libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reelgate.client, reelgate.client.cli, reelgate.client.webhooks; "
+            "from reelgate import Client, AsyncClient, PredictionFailed, verify_webhook; "
+            "heavy = {'fastapi', 'starlette', 'sqlalchemy', 'alembic', 'redis', 'taskiq'}; "
+            "loaded = sorted({m.split('.')[0] for m in sys.modules} & heavy); "
+            "server = sorted(m for m in sys.modules if m.startswith('reelgate.') "
+            "and not m.startswith('reelgate.client')); "
+            "assert not loaded and not server, (loaded, server)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # --- the asyncio client -------------------------------------------------------------
 
 

@@ -567,7 +567,7 @@ class _Base:
 class Client(_Base):
     """A blocking client. ``api_key``, ``base_url`` and ``timeout`` default to
     REELGATE_API_KEY, REELGATE_BASE_URL (http://127.0.0.1:8000) and REELGATE_TIMEOUT, then
-    to the config file (see ``reelgate.client_config``). Use it as a context manager, or
+    to the config file (see ``reelgate.client.config``). Use it as a context manager, or
     call ``close()``."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None,

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reelgate.client import cli as cli_user
 from reelgate.cli_google import google_app
 from reelgate.cli_local import local_app
+from reelgate.client import cli as cli_user
 from reelgate.errors import ApiError
 from reelgate.settings import Settings
 

@@ -37,6 +37,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from reelgate.client.config import ClientConfig, ConfigError, config_path, resolve
 from reelgate.client.sdk import (
     APIConnectionError,
     AuthenticationError,
@@ -51,7 +52,6 @@ from reelgate.client.sdk import (
     ServerError,
     WaitTimeout,
 )
-from reelgate.client.config import ClientConfig, ConfigError, config_path, resolve
 
 __all__ = [
     "EXIT_AUTH",

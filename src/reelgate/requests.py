@@ -181,13 +181,25 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         raise InvalidInput(
             "resolution", f"must be one of {', '.join(catalog.RESOLUTIONS)} (got {b.resolution!r})"
         )
-    duration = b.duration if b.duration is not None else int(catalog.DEFAULTS["duration"])  # type: ignore[call-overload]
-    if duration not in catalog.DURATIONS:
+    # A model served from the operator's GPUs has its own durations (its declaration);
+    # Veo's rules (4/6/8 s, 8 s with 1080p, 4k, a last frame or references) are Google's.
+    local = catalog.local_config(m.name)
+    veo_rules = local is None
+    if local is not None:
+        duration = b.duration if b.duration is not None else local.duration_default
+        try:
+            local.check_duration(duration)
+        except ValueError as exc:
+            raise InvalidInput("duration", str(exc)) from None
+    else:
+        duration = b.duration if b.duration is not None else int(catalog.DEFAULTS["duration"])  # type: ignore[call-overload]
+    if veo_rules and duration not in catalog.DURATIONS:
         raise InvalidInput(
             "duration",
             f"must be one of {', '.join(map(str, catalog.DURATIONS))} seconds (got {duration})",
         )
-    if resolution in catalog.FULL_LENGTH_ONLY_RESOLUTIONS and duration != catalog.FULL_LENGTH_S:
+    if (veo_rules and resolution in catalog.FULL_LENGTH_ONLY_RESOLUTIONS
+            and duration != catalog.FULL_LENGTH_S):
         raise InvalidInput(
             "resolution",
             f"{resolution} is only available with duration {catalog.FULL_LENGTH_S} "
@@ -216,7 +228,7 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         )
     if last_image is not None and image is None:
         raise InvalidInput("last_image", "is only allowed together with image")
-    if last_image is not None and duration != catalog.FULL_LENGTH_S:
+    if veo_rules and last_image is not None and duration != catalog.FULL_LENGTH_S:
         raise InvalidInput(
             "duration", f"must be {catalog.FULL_LENGTH_S} when last_image is given (got {duration})"
         )
@@ -234,7 +246,7 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         for i, url in enumerate(images):
             if not isinstance(url, str) or not url.strip():
                 raise InvalidInput(f"images[{i}]", "must be a non-empty URL")
-        if duration != catalog.FULL_LENGTH_S:
+        if veo_rules and duration != catalog.FULL_LENGTH_S:
             raise InvalidInput(
                 "duration",
                 f"must be {catalog.FULL_LENGTH_S} with reference images (got {duration})",

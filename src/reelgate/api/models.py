@@ -42,13 +42,16 @@ def _local_row(m: catalog.Model) -> dict[str, Any]:
         "scenes": list(m.scenes),
         "aspect_ratios": list(catalog.ASPECT_RATIOS),
         "resolutions": [r for r in catalog.RESOLUTIONS if r in lm.sizes],
-        "durations": list(catalog.DURATIONS),
+        "durations": list(lm.allowed_durations),
         "backend": "local",
         "family": lm.family,
         "capabilities": {
             "audio": lm.audio,
             "last_image": lm.takes_last_frame,
             "fps": lm.fps,
+            "default_duration": lm.duration_default,
+            "frame_step": lm.step_of_frames,
+            "max_frames": lm.max_frames,
             "frame_sizes": {r: list(wh) for r, wh in lm.sizes.items()},
             "default_steps": lm.steps,
             "guidance": lm.guidance,
@@ -86,6 +89,7 @@ async def list_models(request: Request) -> dict[str, Any]:
             local = catalog.local_config(m.name)
             row["served_by"] = local.path
             row["resolutions"] = [r for r in catalog.RESOLUTIONS if r in local.sizes]
+            row["durations"] = list(local.allowed_durations)
         data.append(row)
     for m in catalog.LOCAL_MODELS.values():
         data.append(_local_row(m))

@@ -31,7 +31,7 @@ from reelgate.client import (
     ReelgateError,
     WaitTimeout,
 )
-from reelgate.client_config import ConfigError, resolve
+from reelgate.client.config import ConfigError, resolve
 from reelgate.media.video import probe_video
 from tests.conftest import IMAGE_HOST, ServerProcess, make_image
 
@@ -395,6 +395,22 @@ def test_importing_reelgate_does_not_import_the_client() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_client_package_loads_without_the_server() -> None:
+    """An application that only calls a server gets the SDK, the user CLI and webhook
+    verification without the server's web framework, database or queue libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reelgate.client, reelgate.client.cli, reelgate.client.webhooks; "
+            "from reelgate import Client, AsyncClient, PredictionFailed, verify_webhook; "
+            "heavy = {'fastapi', 'starlette', 'sqlalchemy', 'alembic', 'redis', 'taskiq'}; "
+            "loaded = sorted({m.split('.')[0] for m in sys.modules} & heavy); "
+            "server = sorted(m for m in sys.modules if m.startswith('reelgate.') "
+            "and not m.startswith('reelgate.client')); "
+            "assert not loaded and not server, (loaded, server)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # --- the asyncio client -------------------------------------------------------------
 
 
@@ -447,7 +463,7 @@ async def test_async_cancel(slow_server: ServerProcess) -> None:
 
 
 def test_date_bounds_are_sent_as_the_api_takes_them() -> None:
-    from reelgate.client import _when
+    from reelgate.client.sdk import _when
 
     assert _when(date(2026, 11, 7)) == "2026-11-07"
     assert _when(datetime(2026, 11, 7, 3, 4, 5, tzinfo=UTC)) == "2026-11-07T03:04:05Z"

@@ -9,9 +9,13 @@ and has no use for the client (nor should importing reelgate cost an httpx impor
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    # What the lazy __getattr__ below hands out, as type checkers should see it (py.typed).
+    from reelgate.client import *  # noqa: F403
 
 
 def __getattr__(name: str) -> Any:

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reelgate import cli_user
 from reelgate.backends.google.cli import google_app
 from reelgate.backends.local.cli import local_app
+from reelgate.client import cli as cli_user
 from reelgate.errors import ApiError
 from reelgate.settings import Settings
 

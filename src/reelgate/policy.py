@@ -14,7 +14,7 @@ import importlib
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from reelgate.errors import PolicyBlocked
@@ -53,8 +53,8 @@ def load_classifier(spec: str) -> Classifier | None:
 class ContentPolicy:
     def __init__(
         self,
-        categories: dict[str, Iterable[str]] | None = None,
-        patterns: dict[str, Iterable[str]] | None = None,
+        categories: Mapping[str, Iterable[str]] | None = None,
+        patterns: Mapping[str, Iterable[str]] | None = None,
         classifier: Classifier | None = None,
         *,
         block_status: int = 400,
@@ -103,6 +103,6 @@ class ContentPolicy:
                 if rule.search(folded):
                     raise ContentBlocked(category, name, self.block_status)
             if self.classifier is not None:
-                category = self.classifier(name, text)
-                if category:
-                    raise ContentBlocked(category, name, self.block_status)
+                verdict = self.classifier(name, text)
+                if verdict:
+                    raise ContentBlocked(verdict, name, self.block_status)

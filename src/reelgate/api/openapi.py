@@ -71,7 +71,7 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
     methods: set[str] = set()
     for route in api_routes(app.routes):
         if route.path_regex.match(path):
-            methods |= route.methods
+            methods |= route.methods or set()
     return sorted(methods)
 
 
@@ -97,7 +97,7 @@ def build(app: FastAPI, extra_schemas: dict[str, Any]) -> dict[str, Any]:
             continue
         own_body = error_body_for(route.path_format) is v3_errors.error_body
         item = schema["paths"].get(route.path_format, {})
-        for method in route.methods:
+        for method in route.methods or ():
             op = item.get(method.lower())
             if op is None:
                 continue

@@ -86,12 +86,12 @@ async def upload_binary(request: Request, key: KeyRecord = Depends(require_key))
         data = await part.read(limit + 1)
         filename, part_type = part.filename or "upload", part.content_type
     else:
-        data = bytearray()
+        buf = bytearray()
         async for chunk in request.stream():
-            data += chunk
-            if len(data) > limit:
+            buf += chunk
+            if len(buf) > limit:
                 break
-        data = bytes(data)
+        data = bytes(buf)
         filename, part_type = request.query_params.get("filename", "upload"), ctype
     if not data:
         raise InvalidInput("file", "is empty")

@@ -5,7 +5,7 @@ mean JavaScript from a CDN or a build step, both of which the console avoids."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 from html import escape
 
@@ -31,7 +31,7 @@ def _nice_max(value: float) -> float:
 
 def stacked_bars(
     days: Sequence[date],
-    series: dict[str, Sequence[float]],
+    series: Mapping[str, Sequence[float]],
     *,
     title: str,
     unit: str = "",

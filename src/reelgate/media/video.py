@@ -384,7 +384,9 @@ def _encode(
             # goes instead of holding the whole video back until the audio arrives.
             if astream is not None:
                 until = n * samples_per_video_frame
-                while next_audio < len(audio_frames) and audio_frames[next_audio].pts < until:
+                # (_audio_frames sets every frame's pts; PyAV types it as optional.)
+                while (next_audio < len(audio_frames)
+                       and audio_frames[next_audio].pts < until):  # type: ignore[operator]
                     out.mux(astream.encode(audio_frames[next_audio]))
                     next_audio += 1
         if n != frame_count:

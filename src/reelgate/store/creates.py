@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +102,7 @@ def _earlier(item: NewPrediction, found: tuple[str, str | None] | None) -> Outco
 class NewPrediction:
     values: dict[str, Any]  # the predictions row, column -> value
     max_concurrent: int | None
-    done: asyncio.Future[Outcome] = field(repr=False, default=None)  # type: ignore[assignment]
+    done: asyncio.Future[Outcome] = field(repr=False, default=None)  # type: ignore[arg-type]
 
     @property
     def price(self) -> int:
@@ -390,7 +391,7 @@ class CreateBatcher:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                results = await self._write(batch)
+                results: Sequence[Outcome | BaseException] = await self._write(batch)
             except asyncio.CancelledError:
                 for item in batch:
                     if not item.done.done():

@@ -33,7 +33,7 @@ _PRED_FIELDS = ("id", "account_id", "key_id", "model", "scene", "backend", "stat
                 "completed_at", "updated_at", "price", "outputs_deleted_at", "progress",
                 "dialect")
 _DATETIMES = ("created_at", "started_at", "completed_at", "updated_at", "outputs_deleted_at")
-_UNREAD = {"inputs": {}, "lease_owner": None, "lease_expires_at": None,
+_UNREAD: dict[str, Any] = {"inputs": {}, "lease_owner": None, "lease_expires_at": None,
            "upstream_ref": None, "webhook": None, "base_url": None}
 _PRED_SQL = f"SELECT {', '.join(_PRED_FIELDS)} FROM predictions WHERE id = {{0}}"
 _KEY_SQL = (

@@ -57,7 +57,7 @@ def _image(data: bytes | None, width: int, height: int, what: str) -> Image.Imag
     if data is None:
         raise BackendError(f"{what} is missing")
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         img = ImageOps.exif_transpose(img).convert("RGB")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the same user error
         raise BackendError(f"{what} could not be decoded: {exc}") from None

@@ -40,6 +40,7 @@ def tokenizer() -> Any:
 def _t5_encoder(umt5: bool, d_model: int = 32) -> Any:
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
+    kw: dict[str, Any]  # mixed values: typed as Any, the configs take each by name
     kw = dict(vocab_size=64, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
               relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0,
               eos_token_id=1, decoder_start_token_id=0)

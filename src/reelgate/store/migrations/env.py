@@ -38,4 +38,4 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    asyncio.run(_run_with_new_engine(config.get_main_option("sqlalchemy.url")))
+    asyncio.run(_run_with_new_engine(config.get_main_option("sqlalchemy.url", "")))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import inspect
 import math
 import mimetypes
@@ -35,8 +36,8 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from reelgate import __version__
-from reelgate.client_config import resolve
-from reelgate.webhook_verify import WebhookVerificationError, verify_webhook
+from reelgate.client.config import resolve
+from reelgate.client.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "APIConnectionError",
@@ -577,7 +578,7 @@ class _Base:
 class Client(_Base):
     """A blocking client. ``api_key``, ``base_url`` and ``timeout`` default to
     REELGATE_API_KEY, REELGATE_BASE_URL (http://127.0.0.1:8000) and REELGATE_TIMEOUT, then
-    to the config file (see ``reelgate.client_config``). Use it as a context manager, or
+    to the config file (see ``reelgate.client.config``). Use it as a context manager, or
     call ``close()``."""
 
     def __init__(self, api_key: str | None = None, base_url: str | None = None,
@@ -804,7 +805,7 @@ class Client(_Base):
     def balance(self) -> Balance:
         return Balance.from_api(self._call("GET", "/api/v3/balance"))
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> builtins.list[dict[str, Any]]:
         """The models this server offers, with their scenes and allowed values."""
         return list(self._call("GET", "/api/v3/models"))
 
@@ -820,7 +821,7 @@ def _finish(pred: Prediction, raise_on_failure: bool) -> Prediction:
 
 
 def _create_backoff(attempt: int) -> float:
-    return min(8.0, 0.5 * 2 ** attempt)
+    return min(8.0, 0.5 * 2.0 ** attempt)
 
 
 def _window(long_poll: float, deadline: float | None, current: Prediction,
@@ -1056,7 +1057,7 @@ class AsyncClient(_Base):
     async def balance(self) -> Balance:
         return Balance.from_api(await self._call("GET", "/api/v3/balance"))
 
-    async def models(self) -> list[dict[str, Any]]:
+    async def models(self) -> builtins.list[dict[str, Any]]:
         return list(await self._call("GET", "/api/v3/models"))
 
     async def webhook_secret(self) -> str:

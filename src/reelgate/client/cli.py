@@ -1,9 +1,9 @@
 """The user's side of the ``reelgate`` command: ``generate`` and ``predictions ...``.
 
-These talk to a running server through the SDK (``reelgate.client``), unlike the operator
+These talk to a running server through the SDK (``reelgate.client.sdk``), unlike the operator
 commands in cli.py, which open the database. The server URL and the key come from
 ``--url``/``--key``, then REELGATE_BASE_URL/REELGATE_API_KEY, then the config file
-(``reelgate.client_config``).
+(``reelgate.client.config``).
 
 Exit codes, so scripts can tell what happened without parsing messages:
 
@@ -37,7 +37,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from reelgate.client import (
+from reelgate.client.config import ClientConfig, ConfigError, config_path, resolve
+from reelgate.client.sdk import (
     APIConnectionError,
     AuthenticationError,
     Client,
@@ -51,7 +52,6 @@ from reelgate.client import (
     ServerError,
     WaitTimeout,
 )
-from reelgate.client_config import ClientConfig, ConfigError, config_path, resolve
 
 __all__ = [
     "EXIT_AUTH",

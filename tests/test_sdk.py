@@ -312,7 +312,7 @@ def test_errors_map_to_exceptions(server: ServerProcess, client: Client) -> None
 
 
 def test_permission_denied_for_a_restricted_key(server: ServerProcess) -> None:
-    out = server.cli("keys", "create", "--name", "narrow", "--models", "veo3.1")
+    out = server.admin("keys", "create", "--name", "narrow", "--models", "veo3.1")
     assert out.returncode == 0, out.stderr
     with Client(out.stdout.strip(), server.base_url) as c:
         with pytest.raises(PermissionDeniedError) as denied:

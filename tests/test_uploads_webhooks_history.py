@@ -260,7 +260,7 @@ def test_cancel_releases_the_hold(start_server) -> None:  # type: ignore[no-unty
     srv = start_server({"REELGATE_SANDBOX_LATENCY_S": "3", "REELGATE_WORKER_CONCURRENCY": "1",
                         "REELGATE_FREE_BACKENDS": "", "REELGATE_ADMIN_TOKEN": "t"})
     key = srv.create_key("payer")
-    srv.cli("accounts", "credit", "payer", "2.00")
+    srv.admin("accounts", "credit", "payer", "2.00")
     with srv.client(key) as c:
         first = c.post(T2V, json={"prompt": "runs", "duration": 4}).json()["data"]["id"]
         second = c.post(T2V, json={"prompt": "waits", "duration": 4}).json()["data"]["id"]

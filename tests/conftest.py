@@ -489,3 +489,26 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     r = PrivateRedis(tmp_path / "redis").start()
     yield r
     r.stop()
+
+
+# --- parallel runs (pytest-xdist, see addopts in pyproject.toml) ----------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that share a module-scoped fixture of their module (a configured server, a
+    browser, a fake upstream) go to one xdist worker, so the fixture is set up once rather
+    than once per worker. Order and outcome of the tests are unchanged; other tests are
+    spread over the workers one by one (``--dist loadgroup``)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        module_path = str(item.path)
+        for defs in info.name2fixturedefs.values():
+            fixturedef = defs[-1]
+            func = getattr(fixturedef, "func", None)
+            code = getattr(func, "__code__", None)
+            if fixturedef.scope == "module" and code is not None \
+                    and code.co_filename == module_path:
+                item.add_marker(pytest.mark.xdist_group(item.path.stem))
+                break

@@ -45,7 +45,7 @@ class ServerProcess:
     """``reelgate serve`` in its own process, configured through REELGATE_* variables."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
-                 start_timeout: float = 30) -> None:
+                 start_timeout: float = 120) -> None:
         self.data_dir = data_dir
         self.start_timeout = start_timeout
         self.port = free_port()

@@ -41,6 +41,14 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
+# Sandbox renders in test servers: 144 lines at 8 fps instead of full size at 24 fps (a 720p
+# render costs about 2 s of CPU, 1080p over 3 s; this about 0.4 s). Tests that look at an
+# output's size or frame rate ask for FULL_SIZE_RENDERS; a REELGATE_SANDBOX_* variable set
+# in the environment wins over both.
+SMALL_RENDERS = {"REELGATE_SANDBOX_MAX_HEIGHT": "144", "REELGATE_SANDBOX_FPS": "8"}
+FULL_SIZE_RENDERS = {"REELGATE_SANDBOX_MAX_HEIGHT": "0", "REELGATE_SANDBOX_FPS": "24"}
+
+
 class ServerProcess:
     """``reelgate serve`` in its own process, configured through REELGATE_* variables."""
 
@@ -51,6 +59,7 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
+            **SMALL_RENDERS,
             **os.environ,
             "REELGATE_DATA_DIR": str(data_dir),
             "REELGATE_FETCH_ALLOW_HOSTS": IMAGE_HOST,

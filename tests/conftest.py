@@ -295,6 +295,20 @@ def images() -> Iterator[ImageServer]:
     srv.close()
 
 
+def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "the condition",
+               interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy, and return that: a test waits for
+    the event itself, not for a fixed time that is too long when idle and too short under
+    load."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(interval)
+
+
 def wait_until_done(client: httpx.Client, prediction_id: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -517,6 +517,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 # --- parallel runs (pytest-xdist, see addopts in pyproject.toml) ----------------------------
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share a module-scoped fixture of their module (a configured server, a
     browser, a fake upstream) go to one xdist worker, so the fixture is set up once rather

@@ -115,7 +115,7 @@ class ServerProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "reelgate.cli", *args], env=self.env,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=180)
 
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``reelgate keys ...`` / ``reelgate accounts ...`` run in this process, for setup.

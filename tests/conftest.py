@@ -164,9 +164,14 @@ def run_admin_in_process(env: dict[str, str],
     def bare_admin(fn: Callable[[AdminStore], Any]) -> Any:
         async def go() -> Any:
             engine = create_engine(settings.resolved_database_url)
+            store = Store(engine)
             try:
-                return await fn(AdminStore(Store(engine)))
+                # API processes see access changes through the database's auth version
+                # (keycache.py); the Redis announcement the full CLI adds only makes that
+                # quicker.
+                return await fn(AdminStore(store))
             finally:
+                await store.close()
                 await engine.dispose()
 
         # A thread and loop of its own: the caller may be inside the tests' event loop.

@@ -211,12 +211,14 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the tests that do not need special settings."""
+    """One server for the tests that do not need special settings. It renders at full size:
+    tests of the output (test_media.py, test_validation.py, the README walk-through) use it."""
     srv = ServerProcess(
         tmp_path_factory.mktemp("server"),
         {"REELGATE_POLICY_BLOCKLIST": "forbidden thing,badword",
          "REELGATE_SYNC_TIMEOUT_S": "120",
-         "REELGATE_FETCH_MAX_BYTES": str(2 * 1024 * 1024)},
+         "REELGATE_FETCH_MAX_BYTES": str(2 * 1024 * 1024),
+         **FULL_SIZE_RENDERS},
     ).start()
     yield srv
     srv.stop()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from reelgate.media.video import probe_video
-from tests.conftest import FULL_SIZE_RENDERS, ImageServer, ServerProcess, make_image
+from tests.conftest import ImageServer, ServerProcess, make_image
 
 ID = re.compile(r"^[0-9a-f]{32}$")
 ANSI = re.compile(r"\x1b\[")
@@ -50,20 +50,11 @@ def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def full_size(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Renders at full size and frame rate: the test below checks the video's dimensions."""
-    srv = ServerProcess(tmp_path_factory.mktemp("cli-full"), FULL_SIZE_RENDERS).start()
-    yield srv
-    srv.stop()
-
-
 # --- generate -----------------------------------------------------------------------
 
 
-def test_generate_saves_the_video_and_prints_its_path(full_size: ServerProcess,
+def test_generate_saves_the_video_and_prints_its_path(server: ServerProcess, key: str,
                                                       tmp_path: Path) -> None:
-    server, key = full_size, full_size.create_key("alice")
     out = run_cli("generate", "a paper boat on a rainy street", "--model", "veo3.1-fast",
                   "--duration", "4", "--resolution", "720p", "--aspect", "9:16",
                   "-o", str(tmp_path / "boat.mp4"), "--poll-interval", "0.2",

@@ -7,13 +7,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from reelgate.media.video import probe_video
-from tests.conftest import FULL_SIZE_RENDERS, ServerProcess
+from tests.conftest import ServerProcess
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -30,15 +27,6 @@ def test_first_two_commands_are_install_run_and_test() -> None:
     assert blocks[1].strip().endswith(".venv/bin/pytest")
     ci = (README.parent / ".ci" / "run").read_text()
     assert blocks[1].strip() in ci  # CI runs the README's test command
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server of the walk-through's own, rendering at full size: the video's dimensions
-    are checked below."""
-    srv = ServerProcess(tmp_path / "server", FULL_SIZE_RENDERS).start()
-    yield srv
-    srv.stop()
 
 
 def test_curl_walkthrough(server: ServerProcess, tmp_path: Path) -> None:

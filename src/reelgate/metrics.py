@@ -84,13 +84,11 @@ async def refresh(services: Services) -> None:
         counts = dict(rows.all())
     for status in UNFINISHED:
         PREDICTIONS_UNFINISHED.labels(status).set(counts.get(status, 0))
-    if services.queue is not None:
-        for backend, depth in (await services.queue.depth()).items():
-            QUEUE_DEPTH.labels(backend).set(depth)
-    elif services.workers is not None and hasattr(services.workers, "queued"):
-        QUEUE_DEPTH.labels("local").set(services.workers.queued)
-    if services.workers is not None:
-        IN_FLIGHT.set(services.workers.in_flight)
+    for queue, depth in (await services.dispatcher.depth()).items():
+        QUEUE_DEPTH.labels(queue).set(depth)
+    in_flight = services.dispatcher.in_flight
+    if in_flight is not None:
+        IN_FLIGHT.set(in_flight)
 
 
 def serve_worker_endpoints(port: int, host: str, services: Services) -> None:
@@ -106,7 +104,7 @@ def serve_worker_endpoints(port: int, host: str, services: Services) -> None:
 
     def app(environ, start_response):  # type: ignore[no-untyped-def]
         if environ.get("PATH_INFO") == "/readyz":
-            states = getattr(services.workers, "consumer_states", dict)()
+            states = services.dispatcher.consumer_states()
             ok = all(v == "ok" for v in states.values())
             body = json.dumps({"status": "ok" if ok else "unavailable",
                                "checks": {f"consumer:{b}": v for b, v in states.items()}})

@@ -7,7 +7,6 @@ hold), the upload flow for images, the store's queries for lists and money."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -301,14 +300,10 @@ def field_spec(model: str, scene: str, request: Request, key: KeyRecord) -> dict
     (from the catalog, and for Google-served models what the mapped Google model can make)."""
     settings = services_of(request).settings
     m = catalog.MODELS[model]
-    resolutions = list(catalog.RESOLUTIONS)
-    backend = backend_for(model, settings)
-    if backend == "google":
-        from reelgate.api.models import _google_upstream
+    from reelgate.api.models import offered_resolutions
 
-        offered = {r for u in _google_upstream(model)["upstream"]["models"]
-                   for r in u["resolutions"]}
-        resolutions = [r for r in resolutions if r in offered] or resolutions
+    backend = backend_for(model, settings)
+    resolutions = offered_resolutions(model, backend, settings) or list(catalog.RESOLUTIONS)
     durations = list(catalog.DURATIONS)
     if scene == "reference-to-video":
         durations = [catalog.FULL_LENGTH_S]
@@ -450,7 +445,7 @@ async def playground_price(request: Request) -> Response:
     except InvalidInput as exc:
         return page(request, "_price.html", v, error=exc.message)
     backend = backend_for(model, settings)
-    price = billing.quote(req, backend, settings)
+    price = billing.quote(req.job, backend, settings)
     per_second = billing.PriceTable.from_settings(settings).per_second(
         model, req.output_resolution, req.generate_audio)
     return page(request, "_price.html", v, price=price, backend=backend, req=req,
@@ -559,11 +554,8 @@ async def status(request: Request, prediction_id: str) -> Response:
     pred = await _own_prediction(request, v, prediction_id)
     if not pred.finished and request.query_params.get("wait"):
         services = services_of(request)
-        async with services.notifier.subscribe(pred.id) as ended:
-            current = await services.store.get(pred.id)
-            if current is not None and not current.finished:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ended.wait(), STATUS_WAIT_S)
+        await services.notifier.wait(pred.id, lambda: services.store.get(pred.id),
+                                     STATUS_WAIT_S, until=lambda: services.drain_deadline)
         pred = await _own_prediction(request, v, prediction_id)
     return page(request, "_status.html", v, **await _status_context(request, pred))
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelgate.errors import InvalidInput
@@ -26,6 +26,7 @@ from reelgate.jobs.signing import scheme_for, signature_headers
 from reelgate.media.fetch import FetchPolicy, pinned_request, resolve_destination
 from reelgate.media.storage import Storage
 from reelgate.present import webhook_data
+from reelgate.store.jobs import lease_free
 from reelgate.store.repo import Store
 from reelgate.store.tables import accounts, utcnow, webhook_deliveries
 
@@ -136,10 +137,7 @@ class WebhookSender:
                     .where(
                         webhook_deliveries.c.status == "pending",
                         webhook_deliveries.c.next_attempt_at <= now,
-                        or_(
-                            webhook_deliveries.c.lease_expires_at.is_(None),
-                            webhook_deliveries.c.lease_expires_at < now,
-                        ),
+                        lease_free(webhook_deliveries, now),
                     )
                     .order_by(webhook_deliveries.c.next_attempt_at)
                     .limit(limit)
@@ -157,10 +155,7 @@ class WebhookSender:
                 .where(
                     webhook_deliveries.c.id == delivery_id,
                     webhook_deliveries.c.status == "pending",
-                    or_(
-                        webhook_deliveries.c.lease_expires_at.is_(None),
-                        webhook_deliveries.c.lease_expires_at < now,
-                    ),
+                    lease_free(webhook_deliveries, now),
                 )
                 .values(lease_expires_at=now + timedelta(seconds=CLAIM_S))
             )

@@ -29,21 +29,39 @@ IMAGE_HOST = "127.0.0.2"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free now. Parallel pytest-xdist workers each keep to their own share of the
+    ports, so two workers never pick the same port before either binds it. (Shares by
+    port // 2: Linux hands out odd ports for bind(0) and keeps even ones for connect().)"""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (port // 2) % workers == index % workers:
+            return port
+    return port  # a kernel that never gives one: a clash is still caught in start()
+
+
+# Sandbox renders in test servers: 144 lines at 8 fps instead of full size at 24 fps (a 720p
+# render costs about 2 s of CPU, 1080p over 3 s; this about 0.4 s). Tests that look at an
+# output's size or frame rate ask for FULL_SIZE_RENDERS; a REELGATE_SANDBOX_* variable set
+# in the environment wins over both.
+SMALL_RENDERS = {"REELGATE_SANDBOX_MAX_HEIGHT": "144", "REELGATE_SANDBOX_FPS": "8"}
+FULL_SIZE_RENDERS = {"REELGATE_SANDBOX_MAX_HEIGHT": "0", "REELGATE_SANDBOX_FPS": "24"}
 
 
 class ServerProcess:
     """``reelgate serve`` in its own process, configured through REELGATE_* variables."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
-                 start_timeout: float = 30) -> None:
+                 start_timeout: float = 120) -> None:
         self.data_dir = data_dir
         self.start_timeout = start_timeout
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {
+            **SMALL_RENDERS,
             **os.environ,
             "REELGATE_DATA_DIR": str(data_dir),
             "REELGATE_FETCH_ALLOW_HOSTS": IMAGE_HOST,
@@ -55,24 +73,35 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reelgate.cli", "serve", "--port", str(self.port),
-             "--log-level", os.environ.get("REELGATE_TEST_SERVER_LOG", "warning")],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-        )
-        deadline = time.monotonic() + max(timeout, self.start_timeout)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        for attempt in range(3):
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "reelgate.cli", "serve", "--port", str(self.port),
+                 "--log-level", os.environ.get("REELGATE_TEST_SERVER_LOG", "warning")],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+            deadline = time.monotonic() + max(timeout, self.start_timeout)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    text = self.log_path.read_bytes()[log_start:].decode(errors="replace")
+                    # A port free in free_port() may be taken before the server binds it
+                    # (an outgoing connection's ephemeral port): try another.
+                    if "address already in use" in text.lower() and attempt < 2:
+                        self.port = free_port()
+                        self.base_url = f"http://127.0.0.1:{self.port}"
+                        break
+                    raise RuntimeError(f"server exited: {text[-3000:]}")
+                try:
+                    if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+            else:
+                break
         self.proc.kill()  # never leave a half-started server behind
         self.proc.wait()
         raise RuntimeError("server did not start")
@@ -88,10 +117,21 @@ class ServerProcess:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "reelgate.cli", *args], env=self.env,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=180)
+
+    def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``reelgate keys ...`` / ``reelgate accounts ...`` run in this process, for setup.
+
+        The same command code as :meth:`cli` (argument parsing, create-or-resolve account,
+        money parsing, output) against this server's database, without a new interpreter per
+        call (1-2 s of imports each, a large share of the suite's time). Only the step that
+        opens the database is the tests' own: a bare engine instead of every adapter, so no
+        process-wide state (the local model catalog, notifiers) changes in the test process.
+        Tests of the command line itself use :meth:`cli`."""
+        return run_admin_in_process(self.env, args)
 
     def create_key(self, name: str = "tester") -> str:
-        out = self.cli("keys", "create", "--name", name)
+        out = self.admin("keys", "create", "--name", name)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
@@ -100,6 +140,59 @@ class ServerProcess:
         if key:
             headers["Authorization"] = key if bare else f"Bearer {key}"
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=120)
+
+
+_ADMIN_LOCK = threading.Lock()
+
+
+def run_admin_in_process(env: dict[str, str],
+                         args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    """Run an operator command of ``reelgate.cli`` in-process with ``env`` as its environment
+    (see :meth:`ServerProcess.admin`); the answer has a subprocess's shape."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from reelgate import cli
+    from reelgate.settings import Settings
+    from reelgate.store.admin import AdminStore
+    from reelgate.store.db import create_engine
+    from reelgate.store.repo import Store
+
+    assert args and args[0] in ("keys", "accounts"), f"not an operator command: {args}"
+
+    def bare_admin(fn: Callable[[AdminStore], Any]) -> Any:
+        async def go() -> Any:
+            engine = create_engine(settings.resolved_database_url)
+            store = Store(engine)
+            try:
+                # API processes see access changes through the database's auth version
+                # (keycache.py); the Redis announcement the full CLI adds only makes that
+                # quicker.
+                return await fn(AdminStore(store))
+            finally:
+                await store.close()
+                await engine.dispose()
+
+        # A thread and loop of its own: the caller may be inside the tests' event loop.
+        with ThreadPoolExecutor(1) as pool:
+            try:
+                return pool.submit(asyncio.run, go()).result()
+            except cli.ApiError as exc:  # what cli._admin does with API errors
+                cli.err.print(f"[red]error:[/red] {exc.message}")
+                raise cli.typer.Exit(1) from None
+
+    with _ADMIN_LOCK, mock.patch.dict(os.environ, env, clear=True):
+        # Settings come from the environment: read them under the server's.
+        settings = Settings(_env_file=env.get("REELGATE_SETTINGS_FILE"))
+        with mock.patch.object(cli, "_admin", bare_admin):
+            result = CliRunner().invoke(cli.app, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["reelgate", *args], result.exit_code,
+                                       result.stdout, result.stderr)
 
 
 @pytest.fixture
@@ -118,12 +211,14 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the tests that do not need special settings."""
+    """One server for the tests that do not need special settings. It renders at full size:
+    tests of the output (test_media.py, test_validation.py, the README walk-through) use it."""
     srv = ServerProcess(
         tmp_path_factory.mktemp("server"),
         {"REELGATE_POLICY_BLOCKLIST": "forbidden thing,badword",
          "REELGATE_SYNC_TIMEOUT_S": "120",
-         "REELGATE_FETCH_MAX_BYTES": str(2 * 1024 * 1024)},
+         "REELGATE_FETCH_MAX_BYTES": str(2 * 1024 * 1024),
+         **FULL_SIZE_RENDERS},
     ).start()
     yield srv
     srv.stop()
@@ -209,6 +304,20 @@ def images() -> Iterator[ImageServer]:
     srv.close()
 
 
+def eventually(check: Callable[[], Any], timeout: float = 30, what: str = "the condition",
+               interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy, and return that: a test waits for
+    the event itself, not for a fixed time that is too long when idle and too short under
+    load."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(interval)
+
+
 def wait_until_done(client: httpx.Client, prediction_id: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -268,6 +377,18 @@ def pg_url() -> Iterator[str]:
     _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def redis_test_db() -> int:
+    """This test process's Redis database: REELGATE_TEST_REDIS_DB (7 by default), plus the
+    pytest-xdist worker's index, so parallel workers never flush each other's streams."""
+    base = int(os.environ.get("REELGATE_TEST_REDIS_DB", "7"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    db = base + int(worker.removeprefix("gw"))
+    if not 0 < db <= 15:
+        pytest.fail(f"Redis test database {db} (base {base} + worker {worker}) is outside "
+                    "1..15: lower REELGATE_TEST_REDIS_DB or the number of workers (-n)")
+    return db
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database of its own (db 7 unless REELGATE_TEST_REDIS_DB says otherwise), emptied
@@ -275,7 +396,7 @@ def redis_url() -> Iterator[str]:
     each pick their own number so one run's flush cannot wipe another's streams."""
     import redis
 
-    url = f"{REDIS_URL}/{os.environ.get('REELGATE_TEST_REDIS_DB', '7')}"
+    url = f"{REDIS_URL}/{redis_test_db()}"
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
         client.flushdb()
@@ -400,3 +521,27 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     r = PrivateRedis(tmp_path / "redis").start()
     yield r
     r.stop()
+
+
+# --- parallel runs (pytest-xdist, see addopts in pyproject.toml) ----------------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that share a module-scoped fixture of their module (a configured server, a
+    browser, a fake upstream) go to one xdist worker, so the fixture is set up once rather
+    than once per worker. Order and outcome of the tests are unchanged; other tests are
+    spread over the workers one by one (``--dist loadgroup``)."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        module_path = str(item.path)
+        for defs in info.name2fixturedefs.values():
+            fixturedef = defs[-1]
+            func = getattr(fixturedef, "func", None)
+            code = getattr(func, "__code__", None)
+            if fixturedef.scope == "module" and code is not None \
+                    and code.co_filename == module_path:
+                item.add_marker(pytest.mark.xdist_group(item.path.stem))
+                break

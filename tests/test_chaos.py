@@ -92,7 +92,7 @@ def test_chaos(policy: str, n: int, tmp_path: Path, pg_url: str,  # type: ignore
     try:
         apis = [api(0), api(1)]
         key = apis[0].create_key("chaos")
-        assert apis[0].cli("accounts", "credit", "chaos", "100000").returncode == 0
+        assert apis[0].admin("accounts", "credit", "chaos", "100000").returncode == 0
         workers = [worker(0), worker(1)]
         ok: dict[str, str] = {}  # Idempotency-Key -> prediction id, for creates answered 200
         retries = 0

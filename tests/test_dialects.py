@@ -39,7 +39,7 @@ class Billed:
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
         self.key = server.create_key("dialects")
-        out = server.cli("accounts", "credit", "dialects", "100")
+        out = server.admin("accounts", "credit", "dialects", "100")
         assert out.returncode == 0, out.stderr
         self.v3 = server.client(self.key)
 
@@ -393,7 +393,7 @@ def test_rate_limit_is_shared_by_every_door(billed: Billed) -> None:
 
     server = billed.server
     key = server.create_key("limited")
-    out = server.cli("accounts", "set-limits", "limited", "--rate-per-minute", "2")
+    out = server.admin("accounts", "set-limits", "limited", "--rate-per-minute", "2")
     assert out.returncode == 0, out.stderr
     with server.client(key) as v3:
         assert v3.get("/api/v3/balance").status_code == 200  # 1st request of the minute

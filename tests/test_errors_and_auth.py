@@ -62,7 +62,7 @@ def test_other_tenant_gets_404(server: ServerProcess, api: httpx.Client) -> None
         assert pid in msg
         error_of(other.get(f"/api/v3/predictions/{pid}"), 404)
     # Two keys of one account see the same predictions.
-    out = server.cli("keys", "create", "--name", "alice-2", "--account", "alice")
+    out = server.admin("keys", "create", "--name", "alice-2", "--account", "alice")
     with server.client(out.stdout.strip()) as same_account:
         assert same_account.get(f"/api/v3/predictions/{pid}").status_code == 200
 

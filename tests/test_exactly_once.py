@@ -91,7 +91,7 @@ def test_worker_killed_before_the_handle_is_written(start_server, fake: FakeGoog
     data_dir = tmp_path / "data"
     server = start_server(env, data_dir)
     key = server.create_key("tester")
-    assert server.cli("accounts", "credit", "tester", "100").returncode == 0
+    assert server.admin("accounts", "credit", "tester", "100").returncode == 0
     # Google creates the operation at once but answers 30 s later: the worker is killed
     # while it waits for that answer, so the operation exists and the row has no handle.
     fake.slow("create", 30)

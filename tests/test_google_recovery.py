@@ -55,7 +55,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
 
 def credited_key(server: ServerProcess) -> str:
     key = server.create_key("tester")
-    assert server.cli("accounts", "credit", "tester", "100").returncode == 0
+    assert server.admin("accounts", "credit", "tester", "100").returncode == 0
     return key
 
 

@@ -56,12 +56,12 @@ class Running:
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
         key = server.create_key("tester")
-        out = server.cli("accounts", "credit", "tester", "100")
+        out = server.admin("accounts", "credit", "tester", "100")
         assert out.returncode == 0, out.stderr
         self.client = server.client(key)
 
     def balance(self) -> str:
-        out = self.server.cli("accounts", "list", "--json")
+        out = self.server.admin("accounts", "list", "--json")
         assert out.returncode == 0, out.stderr
         return str(json.loads(out.stdout)[0]["balance"])
 

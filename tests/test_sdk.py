@@ -33,7 +33,7 @@ from reelgate.client import (
 )
 from reelgate.client.config import ConfigError, resolve
 from reelgate.media.video import probe_video
-from tests.conftest import IMAGE_HOST, ServerProcess, make_image
+from tests.conftest import FULL_SIZE_RENDERS, IMAGE_HOST, ServerProcess, make_image
 
 # Short, small videos keep every render to a second or two of CPU.
 FAST = {"duration": 4, "resolution": "720p"}
@@ -53,7 +53,9 @@ def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     seen."""
     srv = ServerProcess(
         tmp_path_factory.mktemp("slow"),
-        {"REELGATE_SANDBOX_LATENCY_S": "3", "REELGATE_WORKER_CONCURRENCY": "1"},
+        # Full size: a test below checks the downloaded video's dimensions.
+        {"REELGATE_SANDBOX_LATENCY_S": "3", "REELGATE_WORKER_CONCURRENCY": "1",
+         **FULL_SIZE_RENDERS},
     ).start()
     yield srv
     srv.stop()
@@ -312,7 +314,7 @@ def test_errors_map_to_exceptions(server: ServerProcess, client: Client) -> None
 
 
 def test_permission_denied_for_a_restricted_key(server: ServerProcess) -> None:
-    out = server.cli("keys", "create", "--name", "narrow", "--models", "veo3.1")
+    out = server.admin("keys", "create", "--name", "narrow", "--models", "veo3.1")
     assert out.returncode == 0, out.stderr
     with Client(out.stdout.strip(), server.base_url) as c:
         with pytest.raises(PermissionDeniedError) as denied:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import IMAGE_HOST, ServerProcess, make_image, wait_until_done
+from tests.conftest import IMAGE_HOST, ServerProcess, eventually, make_image, wait_until_done
 from tests.wavespeed_receiver import Refused, verify_wavespeed
 
 T2V = "/api/v3/google/veo3.1-fast/text-to-video"
@@ -176,9 +176,10 @@ def test_webhook_signed_and_retried_until_accepted(hooks) -> None:  # type: igno
             # A wrong secret does not verify, so the check above means something.
             with pytest.raises(Refused):
                 verify("whsec_" + "A" * 43 + "=", receiver.calls[0])
-            time.sleep(0.5)
-            rows = c.get("/api/v3/webhooks/deliveries", params={"prediction_id": pid})
-            delivery = rows.json()["data"][0]
+            # The third answer is a 2xx: wait for the server to record the delivery as done.
+            delivery = eventually(lambda: next(
+                (d for d in c.get("/api/v3/webhooks/deliveries", params={"prediction_id": pid})
+                 .json()["data"] if d["status"] != "pending"), None), 30, "the delivery's end")
             assert delivery["status"] == "delivered" and delivery["attempts"] == 3
             assert len(receiver.calls) == 3
             # Retried by hand: delivered once more.
@@ -211,8 +212,12 @@ def test_webhook_gives_up_and_is_listed_failed(start_server) -> None:  # type: i
             pid = c.post(T2V, params={"webhook": receiver.url},
                          json={"prompt": "x", "duration": 4}).json()["data"]["id"]
             receiver.wait_calls(3)
-            time.sleep(1.0)
-            rows = c.get("/api/v3/webhooks/deliveries", params={"status": "failed"}).json()
+            # Given up after the third attempt: wait until the delivery is listed as failed.
+            def listed_failed() -> dict[str, Any] | None:
+                rows = c.get("/api/v3/webhooks/deliveries", params={"status": "failed"}).json()
+                return rows if rows["data"] else None
+
+            rows = eventually(listed_failed, 30, "the delivery listed as failed")
             assert [d["prediction_id"] for d in rows["data"]] == [pid]
             assert rows["data"][0]["attempts"] == 3
             assert rows["data"][0]["last_status_code"] == 503
@@ -260,12 +265,13 @@ def test_cancel_releases_the_hold(start_server) -> None:  # type: ignore[no-unty
     srv = start_server({"REELGATE_SANDBOX_LATENCY_S": "3", "REELGATE_WORKER_CONCURRENCY": "1",
                         "REELGATE_FREE_BACKENDS": "", "REELGATE_ADMIN_TOKEN": "t"})
     key = srv.create_key("payer")
-    srv.cli("accounts", "credit", "payer", "2.00")
+    srv.admin("accounts", "credit", "payer", "2.00")
     with srv.client(key) as c:
         first = c.post(T2V, json={"prompt": "runs", "duration": 4}).json()["data"]["id"]
         second = c.post(T2V, json={"prompt": "waits", "duration": 4}).json()["data"]["id"]
         assert c.get("/api/v3/balance").json()["data"]["balance"] == 1.2
-        time.sleep(0.5)
+        eventually(lambda: c.get(f"/api/v3/predictions/{first}").json()["data"]["status"]
+                   == "processing", 30, "the first prediction to start")
         started = c.post(f"/api/v3/predictions/{first}/cancel")
         assert started.status_code == 400 and "not started" in started.json()["error"]["message"]
         r = c.post(f"/api/v3/predictions/{second}/cancel")

@@ -459,7 +459,7 @@ def test_seed_minus_one_means_random_and_balance_is_a_number(start_server) -> No
         bad = c.post(T2V, json={"prompt": "x", "seed": -2})
         assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("seed:")
         # GET /api/v3/balance and GET /api/v3/account/balance: data.balance is a number.
-        assert srv.cli("accounts", "credit", "details", "156.78").returncode == 0
+        assert srv.admin("accounts", "credit", "details", "156.78").returncode == 0
         for path in ("/api/v3/balance", "/api/v3/account/balance"):
             data = c.get(path).json()["data"]
             assert data["balance"] == 156.78 and isinstance(data["balance"], float)

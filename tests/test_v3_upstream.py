@@ -32,7 +32,7 @@ from tests.fake_google import FakeGoogle, make_video
 
 def credited_key(server: ServerProcess, name: str = "tester", amount: str = "100") -> str:
     key = server.create_key(name)
-    out = server.cli("accounts", "credit", name, amount)
+    out = server.admin("accounts", "credit", name, amount)
     assert out.returncode == 0, out.stderr
     return key
 

@@ -43,8 +43,8 @@ OOM_MESSAGE = (
 
 # How often the progress (and with it the cancel flag) is written to and read back from
 # the row while a prediction denoises: the first step at once, then at least this often.
-# A GPU step takes 0.05 to 15 s, so a user sees every step or near it, a cancel stops within this plus one
-# step, and the event loop stays off the GIL the pipeline's Python code needs.
+# A GPU step takes 0.05 to 15 s, so a user sees every step or near it, a cancel stops
+# within this plus one step, and the event loop stays off the GIL the pipeline's Python code needs.
 PROGRESS_INTERVAL_S = 0.5
 # ...and at each tenth of the steps, so a short run (fast steps) still shows them move.
 PROGRESS_MARKS = 10

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reelgate.billing import adjust
+from reelgate.store.ledger import adjust
 from reelgate.store import migrate
 from reelgate.store.console import ConsoleStore
 from reelgate.store.db import create_engine

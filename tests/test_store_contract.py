@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from reelgate.billing import InsufficientBalance, adjust
+from reelgate.money import InsufficientBalance
+from reelgate.store.ledger import adjust
 from reelgate.store import migrate
 from reelgate.store.db import create_engine
 from reelgate.store.repo import ConcurrencyLimited, Store, new_id

@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from reelgate import billing
+from reelgate.accounts.prices import PriceTable
+from reelgate.money import MICROS
 from reelgate.api.auth import require_key
 from reelgate.store.repo import KeyRecord
 
@@ -22,7 +23,7 @@ async def _balance(request: Request, key: KeyRecord) -> dict[str, Any]:
         "data": {
             # A JSON number, as WaveSpeed documents data.balance (clients compare it with
             # numbers); balance_micros is the exact amount.
-            "balance": micros / billing.MICROS,
+            "balance": micros / MICROS,
             "balance_micros": micros,
             "currency": services.settings.currency,
         },
@@ -50,6 +51,6 @@ async def prices(request: Request, key: KeyRecord = Depends(require_key)) -> dic
         "data": {
             "currency_unit": "micro (1/1,000,000) of the operator's currency",
             "free_backends": settings.free_backends,
-            "prices": billing.PriceTable.from_settings(settings).table(),
+            "prices": PriceTable.from_settings(settings).table(),
         },
     }

@@ -14,8 +14,8 @@ from sqlalchemy import and_, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from reelgate import billing
 from reelgate.errors import ApiError
+from reelgate.store import ledger
 from reelgate.store.tables import (
     CANCELLED,
     COMPLETED,
@@ -240,10 +240,7 @@ class Store:
 
     async def balance(self, account_id: str) -> int:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id))
-            ).first()
-        return int(row[0]) if row else 0
+            return await ledger.balance(conn, account_id)
 
     # --- predictions ---------------------------------------------------------------------
 
@@ -354,7 +351,7 @@ class Store:
             result = await conn.execute(slot.values(running=api_keys.c.running + 1))
             if result.rowcount != 1:
                 raise ConcurrencyLimited(max_concurrent or 0)
-            await billing.hold(conn, account_id=account_id, prediction_id=id, amount=price,
+            await ledger.hold(conn, account_id=account_id, prediction_id=id, amount=price,
                                model=model)
             await conn.execute(insert(predictions).values(**values))
         # The row is exactly what was inserted: no need to read it back.
@@ -641,7 +638,7 @@ class Store:
                 .where(api_keys.c.id == ended.key_id, api_keys.c.running > 0)
                 .values(running=api_keys.c.running - 1)
             )
-            await billing.settle(
+            await ledger.settle(
                 conn,
                 account_id=ended.account_id,
                 prediction_id=prediction_id,

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select, text
 
 from reelgate.money import InsufficientBalance
-from reelgate.store.ledger import adjust
 from reelgate.store import migrate
 from reelgate.store.db import create_engine
+from reelgate.store.ledger import adjust
 from reelgate.store.repo import ConcurrencyLimited, Store, new_id
 from reelgate.store.tables import ledger, utcnow
 

@@ -16,9 +16,9 @@ import logging
 from typing import Any
 
 from reelgate import metrics
-from reelgate.backends import backend_for, check_request
 from reelgate.accounts.ledger import ensure_affordable
 from reelgate.accounts.prices import quote
+from reelgate.backends import backend_for, check_request
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.logs import prediction_id_var
 from reelgate.media.fetch import load_input_image, resolve_destination

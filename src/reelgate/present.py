@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from reelgate import catalog
-from reelgate.money import format_money
 from reelgate.errors import ApiError
 from reelgate.media.storage import Storage, TooLarge
+from reelgate.money import format_money
 from reelgate.store.repo import Prediction
 from reelgate.store.tables import COMPLETED, FAILED
 

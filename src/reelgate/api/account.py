@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from reelgate.accounts.prices import PriceTable
-from reelgate.money import MICROS
 from reelgate.api.auth import require_key
+from reelgate.money import MICROS
 from reelgate.store.repo import KeyRecord
 
 router = APIRouter(prefix="/api/v3")

@@ -14,8 +14,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from reelgate.accounts.ledger import top_up
-from reelgate.money import MICROS
 from reelgate.errors import ApiError, InvalidInput, Unauthorized
+from reelgate.money import MICROS
 from reelgate.store.admin import AdminStore
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])

@@ -26,11 +26,11 @@ from starlette.datastructures import FormData
 
 from reelgate import catalog, intake
 from reelgate.accounts.prices import PriceTable, quote
-from reelgate.money import MICROS
 from reelgate.backends import backend_for
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.jobs.runner import read_input
 from reelgate.media.storage import StorageKeyMissing
+from reelgate.money import MICROS
 from reelgate.policy import ContentBlocked
 from reelgate.present import prediction_data
 from reelgate.requests import validate_create

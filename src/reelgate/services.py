@@ -27,6 +27,7 @@ from reelgate.settings import Settings
 from reelgate.store import migrate
 from reelgate.store.db import create_engine
 from reelgate.store.repo import Store
+from reelgate.store.uploads import UploadStore
 
 
 @dataclass
@@ -91,7 +92,7 @@ class Services:
             limiter=RateLimiter(settings.rate_limit_storage_url),
             fetch_policy=FetchPolicy.from_settings(settings),
             uploads=Uploads(
-                engine,
+                UploadStore(store),
                 settings.uploads_dir,
                 signer,
                 UploadLimits(settings.upload_max_bytes, settings.upload_ttl_s,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,15 +14,35 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from sqlalchemy import func, select
 from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reelgate.store.tables import UNFINISHED, predictions
+from reelgate.store.metrics import unfinished_by_status
+from reelgate.store.repo import Store
 
-if TYPE_CHECKING:
-    from reelgate.services import Services
+
+class _Queue(Protocol):
+    async def depth(self) -> dict[str, int]: ...
+
+
+class _Workers(Protocol):
+    @property
+    def in_flight(self) -> int: ...
+
+
+class Sources(Protocol):
+    """What the scrape-time gauges read (services.Services has it). A protocol rather than
+    an import: the runner counts into this module, and the wiring imports the runner."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def queue(self) -> _Queue | None: ...
+
+    @property
+    def workers(self) -> _Workers | None: ...
 
 HTTP_REQUESTS = Counter(
     "reelgate_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -73,27 +93,20 @@ UNCONFIRMED_SUBMISSIONS = Counter(
 )
 
 
-async def refresh(services: Services) -> None:
+async def refresh(services: Sources) -> None:
     """Scrape-time gauges: read from the database and the queue when asked, not kept."""
-    async with services.store.engine.connect() as conn:
-        rows = await conn.execute(
-            select(predictions.c.status, func.count())
-            .where(predictions.c.status.in_(UNFINISHED))
-            .group_by(predictions.c.status)
-        )
-        counts = dict(rows.all())
-    for status in UNFINISHED:
-        PREDICTIONS_UNFINISHED.labels(status).set(counts.get(status, 0))
+    for status, count in (await unfinished_by_status(services.store)).items():
+        PREDICTIONS_UNFINISHED.labels(status).set(count)
     if services.queue is not None:
         for backend, depth in (await services.queue.depth()).items():
             QUEUE_DEPTH.labels(backend).set(depth)
     elif services.workers is not None and hasattr(services.workers, "queued"):
-        QUEUE_DEPTH.labels("local").set(services.workers.queued)
+        QUEUE_DEPTH.labels("local").set(services.workers.queued)  # type: ignore[attr-defined]
     if services.workers is not None:
         IN_FLIGHT.set(services.workers.in_flight)
 
 
-def serve_worker_endpoints(port: int, host: str, services: Services) -> None:
+def serve_worker_endpoints(port: int, host: str, services: Sources) -> None:
     """A worker's HTTP side, in a thread: Prometheus metrics, and /readyz answering 200 only
     while every queue consumer of this process is connected (503 with each one's state)."""
     import json

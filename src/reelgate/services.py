@@ -25,7 +25,7 @@ from reelgate.policy import ContentPolicy
 from reelgate.ratelimit import RateLimiter
 from reelgate.settings import Settings
 from reelgate.store import migrate
-from reelgate.store.db import create_engine
+from reelgate.store.db import create_engine, ping
 from reelgate.store.repo import Store
 from reelgate.store.uploads import UploadStore
 
@@ -174,8 +174,6 @@ class Services:
 
     async def check(self) -> dict[str, str]:
         """Reachability of each dependency, for /readyz: "ok" or what went wrong."""
-        from sqlalchemy import text
-
         async def probe(name: str, coro: Any) -> tuple[str, str]:
             try:
                 await asyncio.wait_for(coro, 5)
@@ -183,11 +181,8 @@ class Services:
             except Exception as exc:
                 return name, f"{type(exc).__name__}: {exc}"[:200]
 
-        async def database() -> None:
-            async with self.store.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-
-        probes = [probe("database", database()), probe("storage", self.storage.check())]
+        probes = [probe("database", ping(self.store.engine)),
+                  probe("storage", self.storage.check())]
         if self.queue is not None:
             probes.append(probe("queue", self.queue.ping()))
         checks = dict(await asyncio.gather(*probes))

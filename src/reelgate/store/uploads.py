@@ -3,7 +3,7 @@ media/uploads.py), with the account's quota read from the rows that have not exp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select, update
@@ -57,7 +57,7 @@ class UploadStore:
             expires_at=now + timedelta(seconds=ttl_s),
         )
         async with self.engine.begin() as conn:
-            await conn.execute(insert(uploads).values(**record.__dict__))
+            await conn.execute(insert(uploads).values(**asdict(record)))
         return record
 
     async def get(self, upload_id: str) -> Upload | None:

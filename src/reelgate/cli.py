@@ -41,17 +41,55 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    workers: int = typer.Option(
+        None, min=1, help="API processes sharing the port (default: REELGATE_SERVE_WORKERS, "
+        "else 1). Embedded, the job workers run in one of them."),
+    backlog: int = typer.Option(
+        2048, help="Connections the kernel queues before they are accepted (thousands of "
+        "long-poll clients connecting at once need more; capped by net.core.somaxconn)."),
 ) -> None:
     """Run the API server (migrations run on start). Embedded, it runs its own workers;
     with REELGATE_QUEUE_URL set, `reelgate worker` processes do the work."""
+    import os
+
     from reelgate.api import drain
-    from reelgate.api.app import create_app
     from reelgate.logs import configure_logging
 
     configure_logging(log_level)
     settings = Settings()
+    processes = workers or settings.serve_workers
+    if processes > 1:
+        # Migrate once here, before the processes start: several migrating one SQLite file
+        # at once would race to create the same tables.
+        import uvicorn
+
+        from reelgate.store import migrate
+        from reelgate.store.db import create_engine
+
+        async def upgrade() -> None:
+            settings.ensure_dirs()
+            engine = create_engine(settings.resolved_database_url)
+            try:
+                await migrate.upgrade(engine)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(upgrade())
+        # uvicorn's supervisor binds the port once and starts the processes (restarting
+        # any that dies); each builds its app from the environment, and each drains held
+        # requests on SIGTERM as one process does (drain.chain_signals).
+        os.environ["REELGATE_SERVE_WORKERS"] = str(processes)
+        os.environ["REELGATE_SERVE_LOG_LEVEL"] = log_level
+        uvicorn.run("reelgate.api.app:create_app_from_env", factory=True, workers=processes,
+                    host=host, port=port, log_level=log_level, log_config=None,
+                    timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 10,
+                    backlog=backlog)
+        return
+    from reelgate.api.app import create_app
+
     # SIGTERM drains: held sync-mode requests are answered before the process exits.
-    drain.run(create_app(settings), settings, host=host, port=port, log_level=log_level)
+    drain.run(create_app(settings), settings, host=host, port=port, log_level=log_level,
+              backlog=backlog)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import math
 import mimetypes
 import os
 import time
@@ -72,6 +73,9 @@ MAX_TRANSIENT_POLL_ERRORS = 5
 # this many times, with the same Idempotency-Key: the server answers the retry with the
 # prediction the first try made, if it made one, so a retry never pays twice.
 CREATE_RETRIES = 2
+# wait() holds each read open on the server up to this long (GET .../result?wait=N): one
+# request per this many seconds instead of one per poll_interval.
+LONG_POLL_S = 20.0
 
 UploadSource: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]"
 
@@ -553,6 +557,13 @@ class _Base:
     def _sync_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, read=max(self.timeout, self.sync_timeout))
 
+    def _read_args(self, prediction: str | Prediction, wait: float) -> dict[str, Any]:
+        args: dict[str, Any] = {"path": f"/api/v3/predictions/{_pid(prediction)}/result"}
+        if wait > 0:
+            args["params"] = {"wait": f"{wait:g}"}
+            args["timeout"] = httpx.Timeout(self.timeout, read=self.timeout + wait)
+        return args
+
     @staticmethod
     def _connection_error(exc: httpx.HTTPError, url: str) -> APIConnectionError:
         if isinstance(exc, httpx.TimeoutException):
@@ -636,40 +647,53 @@ class Client(_Base):
                 time.sleep(_create_backoff(attempt))
         return Prediction.from_api(data)
 
-    def get(self, prediction: str | Prediction) -> Prediction:
-        """Read a prediction as it stands now."""
-        return Prediction.from_api(
-            self._call("GET", f"/api/v3/predictions/{_pid(prediction)}/result"))
+    def get(self, prediction: str | Prediction, wait: float = 0) -> Prediction:
+        """Read a prediction. With ``wait`` > 0 the server holds the request until the
+        prediction ends or ``wait`` seconds pass (at most its sync-mode ceiling)."""
+        return self._get(prediction, wait)[0]
+
+    def _get(self, prediction: str | Prediction, wait: float) -> tuple[Prediction, float | None]:
+        """The prediction and the server's hint of when to ask again (Retry-After)."""
+        r = self._send("GET", **self._read_args(prediction, wait))
+        return Prediction.from_api(_unwrap(r)), _retry_after(r.headers)
 
     def wait(self, prediction: str | Prediction, timeout: float | None = None,
              poll_interval: float = 1.0,
              on_progress: Callable[[Prediction], Any] | None = None, *,
-             raise_on_failure: bool = True) -> Prediction:
-        """Poll until the prediction has ended and return it.
+             raise_on_failure: bool = True, long_poll: float = LONG_POLL_S) -> Prediction:
+        """Wait until the prediction has ended and return it.
 
-        ``on_progress`` is called with the prediction after every read (the first one
-        included), so a progress display can show the status and the time. Raises
-        ``PredictionFailed`` when it ended failed or cancelled (unless
-        ``raise_on_failure=False``), ``WaitTimeout`` after ``timeout`` seconds. Transient
-        errors (429, 5xx, a dropped connection) are retried, honouring Retry-After.
+        Each read is a long-poll (``?wait=``, up to ``long_poll`` seconds): the server
+        answers the moment the prediction ends, so one request covers many seconds (with
+        ``on_progress``, reads are held only once the prediction has started, so the
+        callback sees it start). When a
+        read comes back early and unfinished (a server that does not hold requests), the
+        next one waits for the server's Retry-After hint, or ``poll_interval``, whichever is
+        longer. ``on_progress`` is called with the prediction after every read (the first
+        one included). Raises ``PredictionFailed`` when it ended failed or cancelled
+        (unless ``raise_on_failure=False``), ``WaitTimeout`` after ``timeout`` seconds.
+        Transient errors (429, 5xx, a dropped connection) are retried, honouring
+        Retry-After.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         current = prediction if isinstance(prediction, Prediction) else self.get(prediction)
         errors = 0
+        delay = 0.0
         while True:
-            delay = poll_interval
             if on_progress is not None:
                 on_progress(current)
             if current.done:
                 return _finish(current, raise_on_failure)
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeout(current, timeout or 0)
-                delay = min(delay, remaining)
-            time.sleep(delay)
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(current, timeout or 0)
+            if delay:
+                time.sleep(min(delay, remaining))
+            window = _window(long_poll, deadline, current, on_progress)
             try:
-                current = self.get(current.id)
+                started = time.monotonic()
+                current, hint = self._get(current.id, window)
+                delay = _next_delay(started, window, poll_interval, hint)
                 errors = 0
             except (RateLimitError, ServerError, APIConnectionError) as exc:
                 errors += 1
@@ -799,6 +823,27 @@ def _create_backoff(attempt: int) -> float:
     return min(8.0, 0.5 * 2 ** attempt)
 
 
+def _window(long_poll: float, deadline: float | None, current: Prediction,
+            on_progress: Any) -> float:
+    """How long the next read may be held: the long-poll window (0: plain polling), never
+    past the deadline. A held read answers at the end only, so while a prediction has not
+    started and someone shows progress, reads are not held: the display sees it start."""
+    if on_progress is not None and current.status == "created":
+        return 0.0
+    if deadline is None or long_poll <= 0:
+        return long_poll
+    return max(0.0, min(long_poll, deadline - time.monotonic()))
+
+
+def _next_delay(started: float, window: float, poll_interval: float,
+                hint: float | None) -> float:
+    """Pause before the next read. None after a read the server held (the hold was the
+    pause); after one answered early and unfinished, the server's hint or poll_interval."""
+    if time.monotonic() - started >= window * 0.5 and window > 0:
+        return 0.0
+    return max(poll_interval, hint or 0.0)
+
+
 def _transient_delay(exc: ReelgateError, deadline: float | None) -> float:
     """How long to back off after a transient poll error (never past the deadline)."""
     delay = exc.retry_after if isinstance(exc, RateLimitError) and exc.retry_after else 1.0
@@ -874,35 +919,43 @@ class AsyncClient(_Base):
                 await asyncio.sleep(_create_backoff(attempt))
         return Prediction.from_api(data)
 
-    async def get(self, prediction: str | Prediction) -> Prediction:
-        return Prediction.from_api(
-            await self._call("GET", f"/api/v3/predictions/{_pid(prediction)}/result"))
+    async def get(self, prediction: str | Prediction, wait: float = 0) -> Prediction:
+        """See ``Client.get``."""
+        return (await self._get(prediction, wait))[0]
+
+    async def _get(self, prediction: str | Prediction,
+                   wait: float) -> tuple[Prediction, float | None]:
+        r = await self._send("GET", **self._read_args(prediction, wait))
+        return Prediction.from_api(_unwrap(r)), _retry_after(r.headers)
 
     async def wait(self, prediction: str | Prediction, timeout: float | None = None,
                    poll_interval: float = 1.0,
                    on_progress: Callable[[Prediction], Any | Awaitable[Any]] | None = None,
-                   *, raise_on_failure: bool = True) -> Prediction:
+                   *, raise_on_failure: bool = True,
+                   long_poll: float = LONG_POLL_S) -> Prediction:
         """See ``Client.wait``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         current = (prediction if isinstance(prediction, Prediction)
                    else await self.get(prediction))
         errors = 0
+        delay = 0.0
         while True:
-            delay = poll_interval
             if on_progress is not None:
                 result = on_progress(current)
                 if inspect.isawaitable(result):
                     await result
             if current.done:
                 return _finish(current, raise_on_failure)
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise WaitTimeout(current, timeout or 0)
-                delay = min(delay, remaining)
-            await asyncio.sleep(delay)
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(current, timeout or 0)
+            if delay:
+                await asyncio.sleep(min(delay, remaining))
+            window = _window(long_poll, deadline, current, on_progress)
             try:
-                current = await self.get(current.id)
+                started = time.monotonic()
+                current, hint = await self._get(current.id, window)
+                delay = _next_delay(started, window, poll_interval, hint)
                 errors = 0
             except (RateLimitError, ServerError, APIConnectionError) as exc:
                 errors += 1

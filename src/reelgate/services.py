@@ -9,14 +9,17 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from reelgate.backends import Backend, build_backends
 from reelgate.jobs.notify import LocalNotifier, RedisNotifier
+from reelgate.jobs.notify_socket import SocketNotifier
 from reelgate.jobs.redis_queue import QueueWorker, RedisQueue
 from reelgate.jobs.runner import Runner
 from reelgate.jobs.webhooks import WebhookSender
 from reelgate.jobs.worker import LocalWorkers
+from reelgate.keycache import KeyCache
 from reelgate.media.fetch import FetchPolicy
 from reelgate.media.s3 import build_storage
 from reelgate.media.storage import Storage, UrlSigner
@@ -26,6 +29,7 @@ from reelgate.ratelimit import RateLimiter
 from reelgate.settings import Settings
 from reelgate.store import migrate
 from reelgate.store.db import create_engine, ping
+from reelgate.store.hot import HotReads
 from reelgate.store.repo import Store
 from reelgate.store.uploads import UploadStore
 
@@ -42,12 +46,15 @@ class Services:
     limiter: RateLimiter
     uploads: Uploads
     webhooks: WebhookSender
+    hot: HotReads
+    keys: KeyCache
     backends: dict[str, Backend] = field(default_factory=dict)
     workers: LocalWorkers | QueueWorker | None = None
     queue: RedisQueue | None = None
     # Set when the process was told to stop: held sync-mode requests answer by then.
     drain_deadline: float | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _workers_lock: Any = None
 
     @classmethod
     async def open(cls, settings: Settings, *, run_workers: bool | None = None) -> Services:
@@ -58,9 +65,15 @@ class Services:
 
         # Declared local models join the catalog (routes, validation, prices, model list).
         install_local_models(settings.local_models_file)
+        # On PostgreSQL the poll's point reads (store/hot.py) have a small pool of their own,
+        # taken out of the engine's overflow so that a process stays within
+        # REELGATE_DB_POOL_SIZE + _DB_MAX_OVERFLOW connections (none left: they read
+        # through the engine).
+        hot_pool = (min(2, settings.db_max_overflow)
+                    if settings.resolved_database_url.startswith("postgresql") else 0)
         engine = create_engine(settings.resolved_database_url,
                                pool_size=settings.db_pool_size,
-                               max_overflow=settings.db_max_overflow,
+                               max_overflow=settings.db_max_overflow - hot_pool,
                                pool_timeout_s=settings.db_pool_timeout_s)
         await migrate.upgrade(engine)
         store = Store(engine)
@@ -77,11 +90,21 @@ class Services:
             presign_ttl_s=settings.media_url_ttl_s,
             presign_endpoint_url=settings.s3_presign_endpoint_url,
         )
-        notifier = (
-            RedisNotifier(settings.queue_url, settings.queue_prefix)
-            if settings.queue_url.startswith(("redis://", "rediss://"))
-            else LocalNotifier()
-        )
+        hot = HotReads(engine, pg_pool_size=hot_pool)
+        await hot.start()
+        redis_url = settings.queue_url if settings.queue_url.startswith(
+            ("redis://", "rediss://")) else None
+        keys = KeyCache(hot, redis_url=redis_url, prefix=settings.queue_prefix)
+        await keys.start()
+        store.on_access_change.append(keys.announce)
+        distributed = settings.queue_url.startswith(("redis://", "rediss://"))
+        notifier: LocalNotifier
+        if distributed:
+            notifier = RedisNotifier(settings.queue_url, settings.queue_prefix)
+        elif settings.serve_workers > 1:
+            notifier = SocketNotifier(settings.data_dir / "notify")
+        else:
+            notifier = LocalNotifier()
         services = cls(
             settings=settings,
             store=store,
@@ -108,9 +131,10 @@ class Services:
                 retry_base_s=settings.webhook_retry_base_s,
                 timeout_s=settings.webhook_timeout_s,
             ),
+            hot=hot,
+            keys=keys,
         )
         await notifier.start()
-        distributed = settings.queue_url.startswith(("redis://", "rediss://"))
         if distributed:
             services.queue = RedisQueue(
                 settings.queue_url, settings.all_backends(), prefix=settings.queue_prefix
@@ -121,6 +145,11 @@ class Services:
             run_workers = settings.run_workers if settings.run_workers is not None else (
                 not distributed
             )
+            if run_workers and not distributed and settings.serve_workers > 1:
+                # Several API processes on one data dir: the first to take the lock runs
+                # the workers; it holds the lock as long as it lives.
+                services._workers_lock = _try_lock(settings.data_dir / "workers.lock")
+                run_workers = services._workers_lock is not None
         if run_workers:
             # Connections of their own for submission intents and upstream handles (two),
             # and for lease renewals (one); only processes that run work write them.
@@ -154,6 +183,8 @@ class Services:
                     reconcile_interval_s=settings.reconcile_interval_s,
                 )
             await services.workers.start()
+            if isinstance(notifier, SocketNotifier):
+                notifier.on_work = services.workers.dispatch  # type: ignore[assignment]
             notifier.listeners.append(lambda _id: services.webhooks.wakeup.set())
             services._tasks = [
                 asyncio.create_task(services.webhooks.run_forever(1.0), name="webhooks"),
@@ -210,6 +241,9 @@ class Services:
             await self.queue.dispatch(prediction_id, backend)
         elif isinstance(self.workers, LocalWorkers):
             await self.workers.dispatch(prediction_id)
+        elif isinstance(self.notifier, SocketNotifier):
+            # serve --workers N: the sibling process that runs the workers takes it at once.
+            await self.notifier.announce_work(prediction_id)
         # Otherwise nobody here runs work: a worker's reconciler will find the row.
 
     async def close(self) -> None:
@@ -227,7 +261,26 @@ class Services:
         if self.queue is not None:
             await self.queue.close()
         await self.notifier.close()
+        await self.keys.close()
+        await self.hot.close()
+        await self.store.close()
         await self.store.engine.dispose()
         for extra in {self.store.checkpoint_engine, self.store.lease_engine}:
             if extra is not self.store.engine:
                 await extra.dispose()
+        if self._workers_lock is not None:
+            self._workers_lock.close()  # closing the file releases the lock
+
+
+def _try_lock(path: Path) -> IO[bytes] | None:
+    """An exclusive lock on ``path`` if nobody holds it, else None. The kernel frees it when
+    the holder's process ends, however it ends."""
+    import fcntl
+
+    f = open(path, "ab")  # noqa: SIM115 - held open as long as the lock
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     queue_prefix: str = "reelgate"
     # Whether `reelgate serve` runs workers too; default: yes embedded, no with a queue.
     run_workers: bool | None = None
+    # API processes of one `reelgate serve` (--workers). Embedded, the job workers run in
+    # exactly one of them (a file lock in the data dir picks it) and the processes wake
+    # each other through Unix sockets in <data dir>/notify (jobs/notify_socket.py).
+    serve_workers: int = 1
     # Predictions run at once per process, by backend. The sandbox renders on the CPU;
     # remote backends mostly wait, so one process keeps thousands in flight.
     worker_concurrency: int = 2
@@ -110,6 +114,9 @@ class Settings(BaseSettings):
     db_pool_size: int = 5
     db_max_overflow: int = 5
     db_pool_timeout_s: float = 30.0
+    # Seconds an unfinished prediction's answer tells the client to wait before asking
+    # again (its Retry-After header); ``?wait=N`` long-polls are capped at sync_timeout_s.
+    poll_hint_s: int = 2
 
     # --- routing -----------------------------------------------------------------------
     # Backend for every model unless model_backends names another for it.

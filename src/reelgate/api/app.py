@@ -84,3 +84,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The app of one process of `reelgate serve --workers N`: uvicorn starts each process
+    from this import string, and each reads the same REELGATE_* settings."""
+    import os
+
+    from reelgate.api import drain
+    from reelgate.logs import configure_logging
+
+    configure_logging(os.environ.get("REELGATE_SERVE_LOG_LEVEL", "info"))
+    app = create_app(Settings())
+    # SIGTERM drains held requests here too (the supervisor's server is uvicorn's own).
+    drain.chain_signals(app)
+    return app

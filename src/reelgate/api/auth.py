@@ -32,7 +32,8 @@ async def key_for_secret(request: Request, secret: str) -> KeyRecord:
     """Everything after finding the key in the request (dialects carry it in different
     places: Google's ``x-goog-api-key`` or ``?key=``, OpenAI's bearer header)."""
     services = request.app.state.services
-    key: KeyRecord | None = await services.store.authenticate(secret)
+    # From the in-process cache (keycache.py): a revoked key stops working within a second.
+    key: KeyRecord | None = await services.keys.authenticate(secret)
     if key is None:
         raise Unauthorized("Invalid API key")
     if key.account_disabled:

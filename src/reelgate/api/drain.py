@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import threading
 from types import FrameType
 from typing import Any
 
@@ -19,6 +21,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from reelgate.settings import Settings
+
+
+def _begin_drain(app: FastAPI, loop: asyncio.AbstractEventLoop | None) -> None:
+    services = getattr(app.state, "services", None)
+    if services is not None and loop is not None:
+        # Signal handlers run between bytecodes: hand the work to the loop.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(services.begin_drain)
 
 
 class DrainingServer(uvicorn.Server):
@@ -32,15 +42,12 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        services = getattr(self._app.state, "services", None)
-        if services is not None and self._loop is not None:
-            # Signal handlers run between bytecodes: hand the work to the loop.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(services.begin_drain)
+        _begin_drain(self._app, self._loop)
         super().handle_exit(sig, frame)
 
 
-def run(app: FastAPI, settings: Settings, *, host: str, port: int, log_level: str) -> None:
+def run(app: FastAPI, settings: Settings, *, host: str, port: int, log_level: str,
+        backlog: int = 2048) -> None:
     config = uvicorn.Config(
         app,
         host=host,
@@ -49,5 +56,30 @@ def run(app: FastAPI, settings: Settings, *, host: str, port: int, log_level: st
         log_config=None,  # our JSON (or text) handler formats uvicorn too
         # Long enough for the drain to answer every held request, then a margin.
         timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 10,
+        backlog=backlog,
     )
     DrainingServer(config, app).run()
+
+
+def chain_signals(app: FastAPI) -> None:
+    """The same drain for a process of ``reelgate serve --workers N``, whose server uvicorn's
+    supervisor builds (a plain uvicorn.Server). Called from the app factory, which uvicorn
+    runs inside its server's signal capture (Server.serve: capture_signals, then
+    config.load): the server's SIGTERM/SIGINT handlers are in place, and ours runs the drain
+    start before handing the signal on to them. uvicorn restores its own originals on exit."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # built outside a server (a test, a script): nothing to chain
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals are only handled on the main thread (uvicorn's capture skips too)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: FrameType | None, _previous: Any = previous) -> None:
+            _begin_drain(app, loop)
+            _previous(signum, frame)
+
+        signal.signal(sig, handler)

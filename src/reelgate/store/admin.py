@@ -123,6 +123,7 @@ class AdminStore:
                 await conn.execute(
                     update(accounts).where(accounts.c.id == account_id).values(**values)
                 )
+            await self.store.access_changed()
         return await self.get_account(account_id)
 
     async def set_webhook_scheme(self, account_id: str, scheme: str | None) -> dict[str, Any]:
@@ -176,6 +177,7 @@ class AdminStore:
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
+        await self.store.access_changed()
         return (await self.list_keys(key_id=key_id))[0]
 
     async def adjust_balance(self, account_id: str, amount: int, note: str) -> dict[str, Any]:

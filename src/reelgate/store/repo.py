@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,8 +15,12 @@ from sqlalchemy import and_, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from reelgate.errors import ApiError
 from reelgate.store import ledger
+from reelgate.store.creates import (  # noqa: F401 (ConcurrencyLimited, IdempotencyConflict re-exported)
+    ConcurrencyLimited,
+    CreateBatcher,
+    IdempotencyConflict,
+)
 from reelgate.store.tables import (
     CANCELLED,
     COMPLETED,
@@ -56,16 +61,6 @@ class KeyRecord:
     rate_per_minute: int | None = None
     max_concurrent: int | None = None
     account_disabled: bool = False
-
-
-class ConcurrencyLimited(ApiError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            429,
-            f"Too many unfinished predictions for this key (limit {limit}); wait for one "
-            "to end and try again",
-            headers={"Retry-After": "5"},
-        )
 
 
 @dataclass(frozen=True)
@@ -118,15 +113,6 @@ _NULLABLE = ("lease_owner", "lease_expires_at", "upstream_ref", "started_at", "c
              "submit_intent", "poster")
 
 
-class IdempotencyConflict(ApiError):
-    def __init__(self, key: str) -> None:
-        super().__init__(
-            409,
-            f"Idempotency-Key '{key[:80]}' was already used with a different request; use a "
-            "new key for a new request",
-        )
-
-
 def _prediction(row: Any) -> Prediction:
     return Prediction(**{c: row._mapping[c] for c in Prediction.__dataclass_fields__})
 
@@ -141,6 +127,17 @@ class Store:
         # Lease renewals: one statement per worker every third of the TTL, which must never
         # queue behind work (a late renewal hands live work to another worker).
         self.lease_engine = self.checkpoint_engine
+        self.creates = CreateBatcher(engine)
+        # Called after a key's or an account's access changed (revoked, disabled, limits):
+        # API processes keep key records in memory (keycache.py) and are told here.
+        self.on_access_change: list[Callable[[], Awaitable[None]]] = []
+
+    async def close(self) -> None:
+        await self.creates.close()
+
+    async def access_changed(self) -> None:
+        for hook in self.on_access_change:
+            await hook()
 
     # --- accounts and keys ---------------------------------------------------------------
 
@@ -269,9 +266,11 @@ class Store:
 
         With an ``idempotency_key``, the account's earlier prediction under that key is
         returned instead (its id differs from ``id``: nothing new is stored or held), or
-        IdempotencyConflict is raised when it was made from another request. Two creates
-        racing with one key: the unique index lets one insert win, the other rolls back
-        (slot and hold included) and returns the winner's row."""
+        IdempotencyConflict is raised when it was made from another request. The key is
+        looked up by the group-commit writer (store/creates.py) in the create's own
+        transaction (SQLite) or statement (PostgreSQL). Two creates racing with one key on
+        PostgreSQL: the unique index lets one insert win, the other rolls back (slot and
+        hold included) and returns the winner's row."""
         try:
             return await self._insert_prediction(
                 id=id, account_id=account_id, key_id=key_id, model=model, scene=scene,
@@ -337,23 +336,16 @@ class Store:
             created_at=now,
             updated_at=now,
         )
-        async with self.engine.begin() as conn:
-            if idempotency_key is not None:
-                # In the create's own transaction: a key already used returns its
-                # prediction before any slot or hold is taken.
-                earlier = await self._find_idempotent(conn, account_id, idempotency_key,
-                                                      request_hash)
-                if earlier is not None:
-                    return earlier
-            slot = update(api_keys).where(api_keys.c.id == key_id)
-            if max_concurrent is not None:
-                slot = slot.where(api_keys.c.running < max_concurrent)
-            result = await conn.execute(slot.values(running=api_keys.c.running + 1))
-            if result.rowcount != 1:
-                raise ConcurrencyLimited(max_concurrent or 0)
-            await ledger.hold(conn, account_id=account_id, prediction_id=id, amount=price,
-                               model=model)
-            await conn.execute(insert(predictions).values(**values))
+        # Group commit (store/creates.py): concurrent creates share a transaction; this
+        # returns once ours is committed, or raises its refusal with nothing stored. With an
+        # Idempotency-Key already used (same request), the writer stores nothing and names
+        # the earlier prediction, read here once committed.
+        earlier_id = await self.creates.submit(values, max_concurrent)
+        if earlier_id is not None:
+            earlier = await self.get(earlier_id)
+            if earlier is None:  # predictions are never deleted
+                raise RuntimeError(f"prediction {earlier_id} is gone")
+            return earlier
         # The row is exactly what was inserted: no need to read it back.
         fields = Prediction.__dataclass_fields__
         return Prediction(**{k: v for k, v in values.items() if k in fields},

@@ -222,6 +222,16 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
 )
 
+# One row (id 1) whose version moves whenever a key or an account's access changes (bumped
+# by triggers, see migration 0004_i11): API processes cache key records and drop the cache
+# when it moves.
+auth_version = Table(
+    "auth_version",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", BigInteger, nullable=False, server_default="0"),
+)
+
 # Statuses a prediction can be in; "created" and "processing" are unfinished.
 CREATED = "created"
 PROCESSING = "processing"

@@ -32,7 +32,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reelgate.jobs.redis_queue import RedisQueue  # noqa: E402
+from reelgate.jobs.dispatch import RedisQueue  # noqa: E402
 from reelgate.store import migrate  # noqa: E402
 from reelgate.store.db import create_engine  # noqa: E402
 from reelgate.store.repo import Store, new_id  # noqa: E402

@@ -113,7 +113,7 @@ def test_worker_stop_hands_work_back(cluster) -> None:  # type: ignore[no-untype
 async def test_queue_prefix_keeps_deployments_apart(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
-    from reelgate.jobs.redis_queue import RedisQueue, queue_name
+    from reelgate.jobs.dispatch import RedisQueue, queue_name
 
     a = RedisQueue(redis_url, ["sandbox"], prefix="deploy-a")
     b = RedisQueue(redis_url, ["sandbox"], prefix="deploy-b")

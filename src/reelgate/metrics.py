@@ -22,13 +22,13 @@ from reelgate.store.metrics import unfinished_by_status
 from reelgate.store.repo import Store
 
 
-class _Queue(Protocol):
+class _Dispatcher(Protocol):
+    @property
+    def in_flight(self) -> int | None: ...
+
     async def depth(self) -> dict[str, int]: ...
 
-
-class _Workers(Protocol):
-    @property
-    def in_flight(self) -> int: ...
+    def consumer_states(self) -> dict[str, str]: ...
 
 
 class Sources(Protocol):
@@ -39,10 +39,8 @@ class Sources(Protocol):
     def store(self) -> Store: ...
 
     @property
-    def queue(self) -> _Queue | None: ...
+    def dispatcher(self) -> _Dispatcher: ...
 
-    @property
-    def workers(self) -> _Workers | None: ...
 
 HTTP_REQUESTS = Counter(
     "reelgate_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -97,13 +95,11 @@ async def refresh(services: Sources) -> None:
     """Scrape-time gauges: read from the database and the queue when asked, not kept."""
     for status, count in (await unfinished_by_status(services.store)).items():
         PREDICTIONS_UNFINISHED.labels(status).set(count)
-    if services.queue is not None:
-        for backend, depth in (await services.queue.depth()).items():
-            QUEUE_DEPTH.labels(backend).set(depth)
-    elif services.workers is not None and hasattr(services.workers, "queued"):
-        QUEUE_DEPTH.labels("local").set(services.workers.queued)  # type: ignore[attr-defined]
-    if services.workers is not None:
-        IN_FLIGHT.set(services.workers.in_flight)
+    for queue, depth in (await services.dispatcher.depth()).items():
+        QUEUE_DEPTH.labels(queue).set(depth)
+    in_flight = services.dispatcher.in_flight
+    if in_flight is not None:
+        IN_FLIGHT.set(in_flight)
 
 
 def serve_worker_endpoints(port: int, host: str, services: Sources) -> None:
@@ -119,7 +115,7 @@ def serve_worker_endpoints(port: int, host: str, services: Sources) -> None:
 
     def app(environ, start_response):  # type: ignore[no-untyped-def]
         if environ.get("PATH_INFO") == "/readyz":
-            states = getattr(services.workers, "consumer_states", dict)()
+            states = services.dispatcher.consumer_states()
             ok = all(v == "ok" for v in states.values())
             body = json.dumps({"status": "ok" if ok else "unavailable",
                                "checks": {f"consumer:{b}": v for b, v in states.items()}})

@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from reelgate.backends import Backend, build_backends
-from reelgate.jobs.notify import LocalNotifier, RedisNotifier
-from reelgate.jobs.notify_socket import SocketNotifier
-from reelgate.jobs.redis_queue import QueueWorker, RedisQueue
+from reelgate.jobs.dispatch import (
+    Dispatch,
+    LocalDispatch,
+    RedisDispatch,
+    RedisQueue,
+    WorkerPool,
+)
+from reelgate.jobs.notify import LocalNotifier, Notifier, RedisNotifier
 from reelgate.jobs.runner import Runner
+from reelgate.jobs.siblings import Siblings
 from reelgate.jobs.webhooks import WebhookSender
-from reelgate.jobs.worker import LocalWorkers
 from reelgate.keycache import KeyCache
 from reelgate.media.fetch import FetchPolicy
 from reelgate.media.s3 import build_storage
@@ -40,7 +45,7 @@ class Services:
     store: Store
     storage: Storage
     signer: UrlSigner
-    notifier: LocalNotifier
+    notifier: Notifier
     policy: ContentPolicy
     fetch_policy: FetchPolicy
     limiter: RateLimiter
@@ -48,9 +53,12 @@ class Services:
     webhooks: WebhookSender
     hot: HotReads
     keys: KeyCache
+    # Set once open() has picked it: in-process, or Redis streams.
+    dispatcher: Dispatch = field(default_factory=lambda: LocalDispatch(None))
+    # serve --workers N (embedded): how the in-process notifier and dispatch reach the
+    # sibling processes.
+    siblings: Siblings | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
-    workers: LocalWorkers | QueueWorker | None = None
-    queue: RedisQueue | None = None
     # Set when the process was told to stop: held sync-mode requests answer by then.
     drain_deadline: float | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -98,13 +106,16 @@ class Services:
         await keys.start()
         store.on_access_change.append(keys.announce)
         distributed = settings.queue_url.startswith(("redis://", "rediss://"))
-        notifier: LocalNotifier
-        if distributed:
-            notifier = RedisNotifier(settings.queue_url, settings.queue_prefix)
-        elif settings.serve_workers > 1:
-            notifier = SocketNotifier(settings.data_dir / "notify")
-        else:
-            notifier = LocalNotifier()
+        # Several API processes on one data dir (embedded) tell each other of ends and new
+        # work through Unix sockets; scaled out, Redis carries both.
+        siblings = (Siblings(settings.data_dir / "notify")
+                    if not distributed and settings.serve_workers > 1 else None)
+        if siblings is not None:
+            await siblings.start()
+        notifier: Notifier = (
+            RedisNotifier(settings.queue_url, settings.queue_prefix) if distributed
+            else LocalNotifier(siblings)
+        )
         services = cls(
             settings=settings,
             store=store,
@@ -133,13 +144,9 @@ class Services:
             ),
             hot=hot,
             keys=keys,
+            siblings=siblings,
         )
         await notifier.start()
-        if distributed:
-            services.queue = RedisQueue(
-                settings.queue_url, settings.all_backends(), prefix=settings.queue_prefix
-            )
-            await services.queue.start()
         if run_workers is None:
             # Embedded: the server runs its own workers. Scaled out: `reelgate worker` does.
             run_workers = settings.run_workers if settings.run_workers is not None else (
@@ -166,25 +173,24 @@ class Services:
                 }
             runner = Runner(settings=settings, store=store, storage=storage,
                             backends=services.backends, notifier=notifier)
-            if services.queue is not None:
-                services.workers = QueueWorker(
-                    services.queue,
-                    runner,
-                    store,
-                    concurrency={b: settings.concurrency_for(b) for b in services.backends},
-                    reconcile_interval_s=settings.reconcile_interval_s,
-                    dispatch_grace_s=settings.dispatch_grace_s,
-                )
-            else:
-                services.workers = LocalWorkers(
-                    runner,
-                    store,
-                    concurrency=settings.worker_concurrency,
-                    reconcile_interval_s=settings.reconcile_interval_s,
-                )
-            await services.workers.start()
-            if isinstance(notifier, SocketNotifier):
-                notifier.on_work = services.workers.dispatch  # type: ignore[assignment]
+            # Each backend runs as many predictions at once as the operator set for it, else
+            # as it declares, else the settings' default for it; in either dispatcher.
+            pool = WorkerPool(runner, store, backends=services.backends,
+                              default_concurrency=settings.concurrency_for,
+                              concurrency_overrides=settings.backend_concurrency,
+                              lease_ttl_s=settings.lease_ttl_s,
+                              reconcile_interval_s=settings.reconcile_interval_s)
+        else:
+            pool = None
+        if distributed:
+            services.dispatcher = RedisDispatch(
+                RedisQueue(settings.queue_url, settings.all_backends(),
+                           prefix=settings.queue_prefix),
+                pool, dispatch_grace_s=settings.dispatch_grace_s)
+        else:
+            services.dispatcher = LocalDispatch(pool, siblings)
+        await services.dispatcher.start()
+        if run_workers:
             notifier.listeners.append(lambda _id: services.webhooks.wakeup.set())
             services._tasks = [
                 asyncio.create_task(services.webhooks.run_forever(1.0), name="webhooks"),
@@ -214,13 +220,9 @@ class Services:
 
         probes = [probe("database", ping(self.store.engine)),
                   probe("storage", self.storage.check())]
-        if self.queue is not None:
-            probes.append(probe("queue", self.queue.ping()))
         checks = dict(await asyncio.gather(*probes))
-        if isinstance(self.workers, QueueWorker):
-            # A consumer that lost the broker says so until it has reconnected.
-            for backend, state in self.workers.consumer_states().items():
-                checks[f"consumer:{backend}"] = state
+        # The queue (scaled out), and each consumer until it has (re)connected.
+        checks.update(await self.dispatcher.check())
         return checks
 
     def begin_drain(self) -> None:
@@ -237,14 +239,7 @@ class Services:
             loop.call_later(self.settings.shutdown_drain_s, self.notifier.wake_all)
 
     async def dispatch(self, prediction_id: str, backend: str) -> None:
-        if self.queue is not None:
-            await self.queue.dispatch(prediction_id, backend)
-        elif isinstance(self.workers, LocalWorkers):
-            await self.workers.dispatch(prediction_id)
-        elif isinstance(self.notifier, SocketNotifier):
-            # serve --workers N: the sibling process that runs the workers takes it at once.
-            await self.notifier.announce_work(prediction_id)
-        # Otherwise nobody here runs work: a worker's reconciler will find the row.
+        await self.dispatcher.dispatch(prediction_id, backend)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -252,15 +247,14 @@ class Services:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.workers is not None:
-            await self.workers.stop()
+        await self.dispatcher.stop()
         for backend in self.backends.values():
             close = getattr(backend, "close", None)
             if close is not None:
                 await close()
-        if self.queue is not None:
-            await self.queue.close()
         await self.notifier.close()
+        if self.siblings is not None:
+            await self.siblings.close()
         await self.keys.close()
         await self.hot.close()
         await self.store.close()

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     run_workers: bool | None = None
     # API processes of one `reelgate serve` (--workers). Embedded, the job workers run in
     # exactly one of them (a file lock in the data dir picks it) and the processes wake
-    # each other through Unix sockets in <data dir>/notify (jobs/notify_socket.py).
+    # each other through Unix sockets in <data dir>/notify (jobs/siblings.py).
     serve_workers: int = 1
     # Predictions run at once per process, by backend. The sandbox renders on the CPU;
     # remote backends mostly wait, so one process keeps thousands in flight.

@@ -181,20 +181,14 @@ async def system(request: Request) -> Response:
     live = {c.get("name"): c for c in status.get("channels", [])}
     channels = [{"config": ch, "live": live.get(ch.name)} for ch in gs.resolved_channels()]
     console = ConsoleStore(services.store)
-    if services.queue is not None:
-        queue: dict[str, int] = await services.queue.depth()
-        queue_kind = "Redis streams"
-    elif services.workers is not None and hasattr(services.workers, "queued"):
-        queue = {"local": services.workers.queued}
-        queue_kind = "in-process"
-    else:
-        queue, queue_kind = {}, "none in this process"
+    queue = await services.dispatcher.depth()
+    queue_kind = services.dispatcher.kind if queue else "none in this process"
     return page(request, "admin_system.html", v, nav="system", models=models,
                 channels=channels, channels_updated=status.get("updated_at"),
                 queue=queue, queue_kind=queue_kind,
                 unfinished=await console.unfinished_counts(),
                 workers=await console.live_workers(),
-                in_flight=getattr(services.workers, "in_flight", None))
+                in_flight=services.dispatcher.in_flight)
 
 
 @router.get("/blocks", response_class=HTMLResponse)

@@ -7,7 +7,6 @@ hold), the upload flow for images, the store's queries for lists and money."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -561,11 +560,8 @@ async def status(request: Request, prediction_id: str) -> Response:
     pred = await _own_prediction(request, v, prediction_id)
     if not pred.finished and request.query_params.get("wait"):
         services = services_of(request)
-        async with services.notifier.subscribe(pred.id) as ended:
-            current = await services.store.get(pred.id)
-            if current is not None and not current.finished:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ended.wait(), STATUS_WAIT_S)
+        await services.notifier.wait(pred.id, lambda: services.store.get(pred.id),
+                                     STATUS_WAIT_S, until=lambda: services.drain_deadline)
         pred = await _own_prediction(request, v, prediction_id)
     return page(request, "_status.html", v, **await _status_context(request, pred))
 

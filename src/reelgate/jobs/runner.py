@@ -17,7 +17,7 @@ from pathlib import Path
 
 from reelgate import metrics
 from reelgate.backends.base import Backend, BackendError, Cancelled, Inputs, Job
-from reelgate.jobs.notify import LocalNotifier
+from reelgate.jobs.notify import Notifier
 from reelgate.logs import prediction_id_var
 from reelgate.media.storage import Storage
 from reelgate.media.video import InvalidVideo, check_video, poster_frame
@@ -111,7 +111,7 @@ class Runner:
         store: Store,
         storage: Storage,
         backends: dict[str, Backend],
-        notifier: LocalNotifier,
+        notifier: Notifier,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -260,16 +260,3 @@ class Runner:
         except Exception:
             log.warning("prediction %s: no poster frame", prediction_id, exc_info=True)
             return None
-
-
-async def renew_forever(store: Store, owner: str, ttl_s: float) -> None:
-    """Keep every lease of one worker pool alive, a third of the TTL apart. If this process
-    stalls or dies, the leases run out and other workers take the rows over."""
-    while True:
-        await asyncio.sleep(ttl_s / 3)
-        try:
-            await store.renew_leases(owner, ttl_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("lease renewal failed")

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
+from reelgate.store.jobs import lease_live
 from reelgate.store.repo import KeyRecord, Store
 from reelgate.store.tables import (
     COMPLETED,
@@ -110,7 +111,7 @@ class ConsoleStore:
                 )
                 .where(
                     predictions.c.status == PROCESSING,
-                    predictions.c.lease_expires_at > now,
+                    lease_live(predictions, now),
                 )
                 .group_by(predictions.c.lease_owner, predictions.c.backend)
                 .order_by(predictions.c.lease_owner)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import func, insert, literal, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from reelgate.store import ledger
+from reelgate.store import jobs, ledger
 from reelgate.store.creates import (  # noqa: F401 (ConcurrencyLimited, IdempotencyConflict re-exported)
     ConcurrencyLimited,
     CreateBatcher,
@@ -359,74 +359,22 @@ class Store:
             row = (await conn.execute(query)).first()
         return _prediction(row) if row else None
 
-    async def claimable(self, limit: int, now: datetime | None = None) -> list[str]:
-        """Ids of rows a worker may claim: never started, or their worker's lease ran out."""
-        now = now or utcnow()
-        query = (
-            select(predictions.c.id)
-            .where(
-                or_(
-                    predictions.c.status == CREATED,
-                    and_(
-                        predictions.c.status == PROCESSING,
-                        or_(
-                            predictions.c.lease_expires_at.is_(None),
-                            predictions.c.lease_expires_at < now,
-                        ),
-                    ),
-                )
-            )
-            .order_by(predictions.c.created_at)
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            return [r[0] for r in await conn.execute(query)]
-
-    async def stuck(self, backends: list[str], *, created_before: datetime,
+    async def stuck(self, backends: list[str] | None, *, created_before: datetime,
                     limit: int) -> list[tuple[str, str]]:
-        """(id, backend) of rows nobody works on: created a while ago and never claimed
-        (their queue message was lost), or running under an expired lease (dead worker)."""
-        now = utcnow()
-        query = (
-            select(predictions.c.id, predictions.c.backend)
-            .where(
-                predictions.c.backend.in_(backends),
-                or_(
-                    and_(predictions.c.status == CREATED,
-                         predictions.c.created_at < created_before),
-                    and_(
-                        predictions.c.status == PROCESSING,
-                        or_(
-                            predictions.c.lease_expires_at.is_(None),
-                            predictions.c.lease_expires_at < now,
-                        ),
-                    ),
-                ),
-            )
-            .order_by(predictions.c.created_at)
-            .limit(limit)
-        )
-        async with self.engine.connect() as conn:
-            return [(r[0], r[1]) for r in await conn.execute(query)]
+        """(id, backend) of rows nobody works on: created before ``created_before`` and never
+        claimed (their dispatch was lost), or running under an expired lease (dead worker).
+        The reconciler's query, shared by every dispatcher (store/jobs.py)."""
+        return await jobs.unattended(self.engine, backends=backends,
+                                     created_before=created_before, limit=limit)
 
     async def claim(self, prediction_id: str, owner: str, ttl_s: float) -> Prediction | None:
         """Take the lease on a row if nobody holds a live one. Returns the row, or None if
         another worker has it or it has ended."""
         now = utcnow()
-        claimable = or_(
-            predictions.c.status == CREATED,
-            and_(
-                predictions.c.status == PROCESSING,
-                or_(
-                    predictions.c.lease_expires_at.is_(None),
-                    predictions.c.lease_expires_at < now,
-                ),
-            ),
-        )
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(predictions)
-                .where(predictions.c.id == prediction_id, claimable)
+                .where(predictions.c.id == prediction_id, jobs.claimable(now))
                 .values(
                     status=PROCESSING,
                     lease_owner=owner,

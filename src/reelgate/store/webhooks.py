@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 
+from reelgate.store.jobs import lease_free
 from reelgate.store.repo import Store
 from reelgate.store.tables import accounts, utcnow, webhook_deliveries
 
@@ -34,13 +35,6 @@ class Delivery:
 
 def _delivery(row: Any) -> Delivery:
     return Delivery(**{c: row._mapping[c] for c in Delivery.__dataclass_fields__})
-
-
-def _unleased(now: datetime) -> Any:
-    return or_(
-        webhook_deliveries.c.lease_expires_at.is_(None),
-        webhook_deliveries.c.lease_expires_at < now,
-    )
 
 
 class WebhookStore:
@@ -89,7 +83,7 @@ class WebhookStore:
                     .where(
                         webhook_deliveries.c.status == "pending",
                         webhook_deliveries.c.next_attempt_at <= now,
-                        _unleased(now),
+                        lease_free(webhook_deliveries, now),
                     )
                     .order_by(webhook_deliveries.c.next_attempt_at)
                     .limit(limit)
@@ -105,7 +99,7 @@ class WebhookStore:
                 .where(
                     webhook_deliveries.c.id == delivery_id,
                     webhook_deliveries.c.status == "pending",
-                    _unleased(now),
+                    lease_free(webhook_deliveries, now),
                 )
                 .values(lease_expires_at=now + timedelta(seconds=lease_s))
             )

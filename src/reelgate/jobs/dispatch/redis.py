@@ -1,13 +1,14 @@
-"""The scaled-out dispatch: one Redis stream per backend through taskiq-redis, consumed by
+"""The scaled-out Dispatch: one Redis stream per backend through taskiq-redis, consumed by
 ``reelgate worker`` processes on any machine.
 
 Why taskiq with its Redis *stream* broker: it is maintained, asyncio-native, and a stream
 with a consumer group gives acknowledgements and hands a dead consumer's unacknowledged
 messages to another (XAUTOCLAIM), which a plain list does not. We use its message format
 and broker (kick/listen/ack) but run our own consumer loop below rather than taskiq's
-Receiver, so concurrency per backend, acknowledgement and shutdown are explicit in one
-readable place. Nothing depends on a message arriving exactly once: the message only says
-"look at prediction X", and the row decides (the claim is one conditional UPDATE).
+Receiver, so concurrency per backend (the worker pool's slots), acknowledgement and shutdown
+are explicit in one readable place. Nothing depends on a message arriving exactly once: the
+message only says "look at prediction X", and the row decides (the claim is one conditional
+UPDATE).
 """
 
 from __future__ import annotations
@@ -16,16 +17,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
+from functools import partial
 
-from taskiq import AsyncBroker
+from taskiq import AckableMessage
 from taskiq_redis import RedisStreamBroker
 
 from reelgate import metrics
-from reelgate.jobs.runner import Runner, renew_forever
-from reelgate.jobs.worker import worker_id
-from reelgate.store.repo import Store
-from reelgate.store.tables import utcnow
+from reelgate.jobs.dispatch.pool import WorkerPool, worker_id
 
 log = logging.getLogger("reelgate.jobs")
 
@@ -49,7 +47,7 @@ class RedisQueue:
                  prefetch: int = 50) -> None:
         self.url = url
         self.prefix = prefix
-        self.brokers: dict[str, AsyncBroker] = {}
+        self.brokers: dict[str, RedisStreamBroker] = {}
         self._tasks = {}
         for backend in backends:
             broker = RedisStreamBroker(
@@ -136,27 +134,22 @@ class RedisQueue:
         return out
 
 
-class QueueWorker:
-    """Consume the streams of some backends, each with its own concurrency, plus a
-    reconciler that runs rows nobody works on (lost messages, dead workers)."""
+class RedisDispatch:
+    """Dispatch through the streams. Every process dispatches; a process that runs work
+    (``reelgate worker``, given a pool) also consumes the streams of the backends it runs,
+    each within that backend's concurrency, and reconciles their rows."""
 
-    def __init__(self, queue: RedisQueue, runner: Runner, store: Store, *,
-                 concurrency: dict[str, int], reconcile_interval_s: float,
+    kind = "Redis streams"
+
+    def __init__(self, queue: RedisQueue, pool: WorkerPool | None, *,
                  dispatch_grace_s: float = 10.0) -> None:
         self.queue = queue
-        self.runner = runner
-        self.store = store
-        self.concurrency = concurrency
-        self.reconcile_interval_s = reconcile_interval_s
+        self.pool = pool
         self.dispatch_grace_s = dispatch_grace_s
-        self.owner = worker_id()
-        self._running: set[asyncio.Task[None]] = set()
-        # Ids being run here, so the reconciler does not start a second copy of one.
-        self._active: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
         # The backends this process runs: those it has (configured) and a queue for.
-        self._backends = [b for b in concurrency if b in queue.brokers]
-        self._slots = {b: asyncio.Semaphore(max(1, n)) for b, n in concurrency.items()}
+        self._backends = ([b for b in pool.backends if b in queue.brokers]
+                          if pool is not None else [])
         # Per backend: "ok" while its consumer reads the stream, else why it does not.
         self._consumer_state = {b: "starting" for b in self._backends}
         self.reconnect_initial_s = 0.2
@@ -166,29 +159,47 @@ class QueueWorker:
         return dict(self._consumer_state)
 
     @property
-    def in_flight(self) -> int:
-        return len(self._running)
+    def in_flight(self) -> int | None:
+        return self.pool.in_flight if self.pool is not None else None
+
+    async def depth(self) -> dict[str, int]:
+        return await self.queue.depth()
+
+    async def check(self) -> dict[str, str]:
+        try:
+            await asyncio.wait_for(self.queue.ping(), 5)
+            checks = {"queue": "ok"}
+        except Exception as exc:
+            checks = {"queue": f"{type(exc).__name__}: {exc}"[:200]}
+        # A consumer that lost the broker says so until it has reconnected.
+        checks.update({f"consumer:{b}": state for b, state in self.consumer_states().items()})
+        return checks
+
+    async def dispatch(self, prediction_id: str, backend: str) -> None:
+        await self.queue.dispatch(prediction_id, backend)
 
     async def start(self) -> None:
+        await self.queue.start()
+        if self.pool is None:
+            return
         for backend in self._backends:
             self._loops.append(asyncio.create_task(self._consume(backend),
                                                    name=f"consume-{backend}"))
-        self._loops.append(asyncio.create_task(self._reconcile(), name="reconciler"))
-        self._loops.append(asyncio.create_task(
-            renew_forever(self.store, self.owner, self.runner.settings.lease_ttl_s),
-            name="leases"))
+        await self.pool.start(reconcile_backends=self._backends,
+                              dispatch_grace_s=self.dispatch_grace_s)
 
     async def stop(self) -> None:
-        """Stop taking work and hand back what runs (the runner releases each lease), so
-        another worker resumes it at once."""
+        """Stop reading, hand back what runs (the runner releases each lease, so another
+        worker resumes it at once), then disconnect."""
         for task in self._loops:
             task.cancel()
-        for task in list(self._running):
-            task.cancel()
-        for task in [*self._loops, *self._running]:
+        for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._loops = []
+        if self.pool is not None:
+            await self.pool.stop()
+        await self.queue.close()
 
     async def _consume(self, backend: str) -> None:
         """Read the backend's stream for ever. A broker error (Redis restarted, unreachable,
@@ -220,63 +231,20 @@ class QueueWorker:
         metrics.QUEUE_CONSUMER_UP.labels(backend).set(1 if state == "ok" else 0)
 
     async def _read(self, backend: str) -> None:
+        assert self.pool is not None
         broker = self.queue.brokers[backend]
-        slots = self._slots[backend]
+        slot = self.pool.slot(backend)
         async for message in broker.listen():
-            await slots.acquire()
+            await slot.acquire()
             try:
-                prediction_id = str(broker.formatter.loads(message.data).args[0])
+                data = message.data if isinstance(message, AckableMessage) else message
+                prediction_id = str(broker.formatter.loads(data).args[0])
             except Exception:
                 log.exception("dropping an unreadable queue message")
                 await _ack(message)
-                slots.release()
+                slot.release()
                 continue
-            self._spawn(prediction_id, slots, message)
-
-    def _spawn(self, prediction_id: str, slots: asyncio.Semaphore, message: object) -> None:
-        if prediction_id in self._active:
-            slots.release()
-            if message is not None:
-                asyncio.create_task(_ack(message))
-            return
-        self._active.add(prediction_id)
-
-        async def run() -> None:
-            try:
-                await self.runner.run(prediction_id, self.owner)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("worker error on prediction %s", prediction_id)
-            finally:
-                slots.release()
-                self._active.discard(prediction_id)
-            # Acknowledge only after the row was dealt with: a worker killed mid-run leaves
-            # the message pending, to be claimed by another consumer.
-            if message is not None:
-                await _ack(message)
-
-        task = asyncio.create_task(run(), name=f"prediction-{prediction_id}")
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _reconcile(self) -> None:
-        while True:
-            try:
-                grace = utcnow() - timedelta(seconds=self.dispatch_grace_s)
-                for prediction_id, backend in await self.store.stuck(
-                    self._backends, created_before=grace, limit=100
-                ):
-                    slots = self._slots[backend]
-                    if slots.locked() or prediction_id in self._active:
-                        continue
-                    await slots.acquire()
-                    self._spawn(prediction_id, slots, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reconciler pass failed")
-            await asyncio.sleep(self.reconcile_interval_s)
+            self.pool.spawn(prediction_id, backend, partial(_ack, message))
 
 
 async def _ack(message: object) -> None:

@@ -1,12 +1,14 @@
-"""Wake-ups between the API processes of one embedded server (``reelgate serve --workers
-N`` on SQLite), which has no Redis to carry them.
+"""Messages between the API processes of one embedded server (``reelgate serve --workers
+N`` on SQLite), which has no Redis to carry them: the transport under the in-process
+Notifier (jobs/notify/local.py) and the in-process Dispatch (jobs/dispatch/local.py) when
+there are several processes.
 
 Each process binds a Unix datagram socket in ``<data dir>/notify/`` named after its pid.
-Two messages go to every other socket there:
+Two kinds of message go to every other socket there:
 
 - ``e:<id>``: a prediction ended. Each receiver wakes its own waiters (sync-mode requests,
   ``?wait=N`` long-polls) exactly as an end in its own process would;
-- ``w:<id>``: new work. The one process that runs the workers dispatches it at once
+- ``w:<backend>:<id>``: new work. The one process that runs the workers takes it at once
   (the others ignore it), instead of waiting for its reconciler to find the row.
 
 Why sockets rather than polling the database: a waiter is answered within a millisecond
@@ -23,24 +25,29 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-
-from reelgate.jobs.notify import LocalNotifier
 
 log = logging.getLogger("reelgate.jobs")
 
+# The kinds of message (one letter, then ":"), and who listens for each.
+ENDED = "e"
+WORK = "w"
 
-class SocketNotifier(LocalNotifier):
-    def __init__(self, folder: Path) -> None:
-        super().__init__()
+
+class Siblings:
+    def __init__(self, folder: Path, name: str | None = None) -> None:
         self.folder = folder
-        self.path = folder / f"{os.getpid()}.sock"
+        # Named after the pid: a process that died leaves a socket nobody is bound to,
+        # which the next sender removes.
+        self.path = folder / f"{name or os.getpid()}.sock"
         self._sock: socket.socket | None = None
         self._out: socket.socket | None = None
-        # Set in the process that runs the workers: called with each announced new id.
-        self.on_work: Callable[[str], Awaitable[None]] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[str, Callable[[str], None]] = {}
+
+    def on(self, kind: str, handler: Callable[[str], None]) -> None:
+        """Call ``handler`` with the payload of every ``kind`` message a sibling sends."""
+        self._handlers[kind] = handler
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -65,17 +72,11 @@ class SocketNotifier(LocalNotifier):
             self._out.close()
             self._out = None
 
-    async def publish(self, prediction_id: str) -> None:
-        await super().publish(prediction_id)
-        self._broadcast(f"e:{prediction_id}")
-
-    async def announce_work(self, prediction_id: str) -> None:
-        self._broadcast(f"w:{prediction_id}")
-
-    def _broadcast(self, message: str) -> None:
+    def broadcast(self, kind: str, payload: str) -> None:
+        """Send ``kind:payload`` to every other process; never blocks."""
         if self._out is None:
             return
-        data = message.encode()
+        data = f"{kind}:{payload}".encode()
         try:
             peers = [p for p in os.scandir(self.folder)
                      if p.name.endswith(".sock") and p.path != str(self.path)]
@@ -101,14 +102,11 @@ class SocketNotifier(LocalNotifier):
                 data = self._sock.recv(512)
             except (BlockingIOError, InterruptedError):
                 return
-            kind, _, prediction_id = data.decode(errors="replace").partition(":")
-            if kind == "e":
-                # Wake our waiters (and listeners) as a local end would; not re-broadcast.
-                self._spawn(LocalNotifier.publish(self, prediction_id))
-            elif kind == "w" and self.on_work is not None:
-                self._spawn(self.on_work(prediction_id))
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            kind, _, payload = data.decode(errors="replace").partition(":")
+            handler = self._handlers.get(kind)
+            if handler is None:
+                continue
+            try:
+                handler(payload)
+            except Exception:
+                log.exception("handling a %r message from a sibling failed", kind)

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reelgate.backends.google_config import ChannelConfig, GoogleSettings
+from reelgate.backends.google.config import ChannelConfig, GoogleSettings
 from tests.conftest import (
     PrivateRedis,
     ServerProcess,
@@ -127,7 +127,7 @@ async def test_read_timeout_on_create_is_not_resent_with_fail(fake: FakeGoogle,
     """A create that timed out may have started an operation: at most once never sends it
     again; at least once retries it."""
     from reelgate.backends.base import BackendError
-    from reelgate.backends.google import GoogleBackend
+    from reelgate.backends.google.backend import GoogleBackend
 
     gs = GoogleSettings(_env_file=None, base_url=fake.url, request_timeout_s=1,  # type: ignore[call-arg]
                         poll_initial_s=0.05, poll_max_s=0.1, cooldown_5xx_s=0.1,
@@ -160,7 +160,7 @@ async def test_read_timeout_on_create_is_not_resent_with_fail(fake: FakeGoogle,
 async def test_unreachable_channel_fails_over_and_cools_down(fake: FakeGoogle,
                                                              tmp_path: Path) -> None:
     from reelgate.backends.base import BackendError
-    from reelgate.backends.google import GoogleBackend
+    from reelgate.backends.google.backend import GoogleBackend
 
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     gs = GoogleSettings(_env_file=None, base_url=fake.url, poll_initial_s=0.05,  # type: ignore[call-arg]

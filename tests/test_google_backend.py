@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from reelgate.backends.base import BackendError, Inputs, Job
-from reelgate.backends.google import GoogleBackend, UpstreamRef
-from reelgate.backends.google_config import ChannelConfig, GoogleSettings
+from reelgate.backends.google.backend import GoogleBackend, UpstreamRef
+from reelgate.backends.google.config import ChannelConfig, GoogleSettings
 from reelgate.media.video import check_video
 from tests.conftest import make_image
 from tests.fake_google import FakeGoogle, make_video, write_service_account

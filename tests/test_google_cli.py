@@ -25,7 +25,7 @@ def fake() -> Iterator[FakeGoogle]:
 def doctor(env: dict[str, str], tmp_path: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REELGATE_")}
     out = subprocess.run(
-        [sys.executable, "-m", "reelgate.cli_google", "doctor", "--json"],
+        [sys.executable, "-m", "reelgate.backends.google.cli", "doctor", "--json"],
         env={**clean, "REELGATE_DATA_DIR": str(tmp_path), **env},
         capture_output=True, text=True, timeout=60)
     assert out.stdout, out.stderr
@@ -79,7 +79,7 @@ def test_doctor_vertex_service_account_and_express(fake: FakeGoogle, tmp_path: P
 
 def test_doctor_without_configuration_says_what_to_set(tmp_path: Path) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REELGATE_")}
-    out = subprocess.run([sys.executable, "-m", "reelgate.cli_google", "doctor"],
+    out = subprocess.run([sys.executable, "-m", "reelgate.backends.google.cli", "doctor"],
                          env={**clean, "REELGATE_DATA_DIR": str(tmp_path)},
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2

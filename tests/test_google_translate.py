@@ -8,15 +8,15 @@ import asyncio
 
 import pytest
 
-from reelgate.backends.channels import ChannelPool, NoChannel
-from reelgate.backends.google import (
-    Shape,
+from reelgate.backends.base import Job
+from reelgate.backends.google.backend import (
     UpstreamRef,
     check_google_request,
     classify_error,
     plan_for,
 )
-from reelgate.backends.google_config import DEFAULT_MODELS, ChannelConfig, GoogleSettings
+from reelgate.backends.google.channels import ChannelPool, NoChannel
+from reelgate.backends.google.config import DEFAULT_MODELS, ChannelConfig, GoogleSettings
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.requests import validate_create
 
@@ -28,14 +28,15 @@ def gs(**kw: object) -> GoogleSettings:
     return GoogleSettings(_env_file=None, **kw)  # type: ignore[arg-type]
 
 
-def shape(**kw: object) -> Shape:
-    base: dict[str, object] = {"model": "veo3.1", "scene": "text-to-video",
-                               "aspect_ratio": "16:9", "resolution": "720p", "duration": 8}
-    return Shape(**{**base, **kw})  # type: ignore[arg-type]
+def shape(**kw: object) -> Job:
+    base: dict[str, object] = {"id": "t", "prompt": "a boat", "model": "veo3.1",
+                               "scene": "text-to-video", "aspect_ratio": "16:9",
+                               "resolution": "720p", "duration": 8}
+    return Job(**{**base, **kw})  # type: ignore[arg-type]
 
 
-def req(model: str = "veo3.1", scene: str = "text-to-video", **body: object):  # type: ignore[no-untyped-def]
-    return validate_create(model, scene, {"prompt": "a boat", **body})
+def req(model: str = "veo3.1", scene: str = "text-to-video", **body: object) -> Job:
+    return validate_create(model, scene, {"prompt": "a boat", **body}).job
 
 
 # --- settings and the model map ------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_intake_check_uses_the_configured_mode() -> None:
 def test_enable_upsample_asks_google_for_the_next_resolution() -> None:
     # job.resolution is the output resolution after upsample: 720p + upsample -> 1080p.
     r = req(resolution="720p", enable_upsample=True)
-    p = plan_for(Shape.from_request(r), GEMINI, gs(api_key="k"))
+    p = plan_for(r, GEMINI, gs(api_key="k"))
     assert p.resolution == "1080p"
 
 

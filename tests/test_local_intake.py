@@ -4,13 +4,14 @@ what a model cannot do refused with a 400 before anything is stored or spent."""
 
 from __future__ import annotations
 
+import base64
 import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, make_image
 
 ADMIN = "local-admin-token"
 
@@ -52,6 +53,26 @@ MODELS_TOML = textwrap.dedent("""
     weights = "/nonexistent/ltx2"
     fps = 2
     sizes = { "720p" = [64, 32] }
+
+    [[models]]
+    name = "ltx-short"
+    family = "ltx"
+    weights = "/nonexistent/ltx"
+    fps = 8
+    sizes = { "720p" = [64, 32] }
+    max_duration = 5
+    max_frames = 41
+    price_per_second = 0.01
+
+    [[models]]
+    name = "wan-clips"
+    family = "wan"
+    weights = "/nonexistent/wan"
+    fps = 16
+    sizes = { "720p" = [64, 32] }
+    durations = [5, 2]
+    default_duration = 2
+    price_per_second = 0.01
 """)
 
 
@@ -148,5 +169,77 @@ def test_bad_models_file_is_a_clear_start_error(start_server, tmp_path: Path) ->
     path.write_text('[[models]]\nname = "x"\nfamily = "ltx"\nweights = "w"\n'
                     'sizes = { "720p" = [100, 50] }\n')
     with pytest.raises(RuntimeError, match="multiples of 32"):
+        start_server({"REELGATE_LOCAL_MODELS_FILE": str(path),
+                      "REELGATE_RUN_WORKERS": "false"})
+
+
+def test_local_models_have_their_own_durations(local_api) -> None:  # type: ignore[no-untyped-def]
+    """A local model's durations come from its declaration, not from Veo's rules."""
+    _, c = local_api
+    rows = {r["model"]: r for r in c.get("/api/v3/models").json()["data"]}
+    assert rows["local/ltx-short"]["durations"] == [1, 2, 3, 4, 5]
+    assert rows["local/ltx-short"]["capabilities"]["max_frames"] == 41
+    assert rows["local/ltx-short"]["capabilities"]["frame_step"] == 8
+    assert rows["local/wan-clips"]["durations"] == [2, 5]
+    assert rows["local/wan-clips"]["capabilities"]["default_duration"] == 2
+    assert rows["local/wan-test"]["durations"] == [4, 6, 8]  # undeclared: Veo's set
+    # The alias lists the durations of the model serving it.
+    assert rows["google/veo3.1-fast"]["durations"] == [4, 6, 8]
+
+    # Out of the declared range or set: a clear 400 naming the rule, nothing stored.
+    r = c.post("/api/v3/local/ltx-short/text-to-video", json={"prompt": "a cat", "duration": 6})
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]["message"]
+    assert "duration" in msg and "1 to 5 seconds at 8 fps" in msg and "got 6" in msg, msg
+    r = c.post("/api/v3/local/wan-clips/text-to-video", json={"prompt": "a cat", "duration": 4})
+    assert r.status_code == 400, r.text
+    assert "2, 5 seconds at 16 fps" in r.json()["error"]["message"]
+    _refused(c, "/api/v3/local/ltx-short/text-to-video", {"prompt": "a cat", "duration": 0},
+             "duration")
+    assert c.get("/api/v3/predictions").json()["data"]["total"] == 0
+
+    before = balance_of(c)
+    # Durations Veo does not offer (3 s, 5 s) are accepted, and priced per second.
+    for path, body, seconds in (
+        ("/api/v3/local/ltx-short/text-to-video", {"duration": 3}, 3),
+        # No duration: the model's longest when Veo's default (8 s) is not offered...
+        ("/api/v3/local/ltx-short/text-to-video", {}, 5),
+        # ...or its declared default.
+        ("/api/v3/local/wan-clips/text-to-video", {}, 2),
+        # Veo's "8 s only" rules for a last frame or references are not a local model's.
+        ("/api/v3/local/wan-clips/image-to-video",
+         {"image": PNG, "last_image": PNG, "duration": 5}, 5),
+        ("/api/v3/local/wan-clips/reference-to-video", {"images": [PNG], "duration": 2}, 2),
+    ):
+        r = c.post(path, json={"prompt": "a cat", **body})
+        assert r.status_code == 200, r.text
+        after = balance_of(c)
+        assert before - after == 10_000 * seconds, (path, body)
+        before = after
+    # Veo models keep Veo's rules.
+    r = c.post("/api/v3/google/veo3/reference-to-video",
+               json={"prompt": "a cat", "images": ["https://example.com/a.png"], "duration": 4})
+    assert r.status_code == 400 and "duration" in r.json()["error"]["message"]
+
+
+PNG = "data:image/png;base64," + base64.b64encode(make_image((200, 30, 30), (64, 32))).decode()
+
+
+def balance_of(c) -> int:  # type: ignore[no-untyped-def]
+    return int(c.get("/api/v3/balance").json()["data"]["balance_micros"])
+
+
+@pytest.mark.parametrize(("extra", "error"), [
+    # 6 s at 8 fps is 48 frames, generated as 49 (1 + 8k): more than the model takes.
+    ("fps = 8\nmax_duration = 6\nmax_frames = 41\n", "more than max_frames 41"),
+    ("durations = [2, 4]\nmax_duration = 4\n", "not both"),
+    ("durations = [2, 4]\ndefault_duration = 3\n", "default_duration 3"),
+])
+def test_bad_duration_declarations_are_start_errors(start_server, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                   extra: str, error: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[models]]\nname = "x"\nfamily = "ltx"\nweights = "w"\n'
+                    'sizes = { "720p" = [64, 32] }\n' + extra)
+    with pytest.raises(RuntimeError, match=error):
         start_server({"REELGATE_LOCAL_MODELS_FILE": str(path),
                       "REELGATE_RUN_WORKERS": "false"})

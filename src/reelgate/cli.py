@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from reelgate import cli_user
-from reelgate.cli_google import google_app
-from reelgate.cli_local import local_app
+from reelgate.backends.google.cli import google_app
+from reelgate.backends.local.cli import local_app
 from reelgate.errors import ApiError
 from reelgate.settings import Settings
 

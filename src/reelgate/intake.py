@@ -146,7 +146,7 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
                        f"{', '.join(key.allowed_models) or 'none'})")
     settings = services.settings
     backend = backend_for(req.model, settings)
-    check_request(backend, req, settings)
+    check_request(backend, req.job, settings)
     try:
         services.policy.check({"prompt": req.prompt, "negative_prompt": req.negative_prompt})
     except ContentBlocked as blocked:
@@ -155,7 +155,7 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
             field=blocked.field, text=getattr(req, blocked.field) or "",
         )
         raise
-    price = quote(req, backend, settings)
+    price = quote(req.job, backend, settings)
     # Refuse an account that cannot pay before fetching anything (the hold itself is
     # taken atomically with the insert below; this is only the cheap early answer).
     await ensure_affordable(services.store, key.account_id, price)

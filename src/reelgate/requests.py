@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from reelgate import catalog
+from reelgate.backends.base import Job
 from reelgate.errors import InvalidInput, NotFound
 
 MAX_PROMPT_CHARS = 4000
@@ -75,50 +76,42 @@ class CreateBody(BaseModel):
 
 @dataclass(frozen=True)
 class CreateRequest:
-    """A request that passed every rule, with defaults applied."""
+    """A request that passed every rule, with defaults applied: the prediction's parameters
+    as one ``Job`` (what is stored and what the backend gets), plus what only this request
+    carries (input URLs, fetched at intake; how to answer)."""
 
-    model: str
-    scene: str
-    prompt: str
+    job: Job  # id "" until the row is stored
     image: str | None
     images: tuple[str, ...]
     last_image: str | None
-    aspect_ratio: str
-    resolution: str  # as requested
-    duration: int
-    enhance_prompt: bool
-    enable_upsample: bool
     enable_sync_mode: bool
-    negative_prompt: str | None
-    seed: int | None
-    generate_audio: bool
     enable_base64_output: bool = False
+
+    # The job's parameters, read through (routes, prices and pages read them here).
+    model = property(lambda self: self.job.model)
+    scene = property(lambda self: self.job.scene)
+    prompt = property(lambda self: self.job.prompt)
+    negative_prompt = property(lambda self: self.job.negative_prompt)
+    aspect_ratio = property(lambda self: self.job.aspect_ratio)
+    duration = property(lambda self: self.job.duration)
+    enhance_prompt = property(lambda self: self.job.enhance_prompt)
+    enable_upsample = property(lambda self: self.job.enable_upsample)
+    seed = property(lambda self: self.job.seed)
+    generate_audio = property(lambda self: self.job.generate_audio)
+
+    @property
+    def resolution(self) -> str:
+        """As requested (``output_resolution`` is what is delivered)."""
+        return self.job.requested_resolution or self.job.resolution
 
     @property
     def output_resolution(self) -> str:
-        if self.enable_upsample:
-            return catalog.UPSAMPLE_TO[self.resolution]
-        return self.resolution
+        return self.job.resolution
 
     def params(self) -> dict[str, Any]:
         """What is stored on the row for the worker (input URLs are fetched at request time
         and stored separately)."""
-        return {
-            "prompt": self.prompt,
-            "aspect_ratio": self.aspect_ratio,
-            "resolution": self.resolution,
-            "output_resolution": self.output_resolution,
-            "duration": self.duration,
-            "enhance_prompt": self.enhance_prompt,
-            "enable_upsample": self.enable_upsample,
-            "negative_prompt": self.negative_prompt,
-            "seed": self.seed,
-            "generate_audio": self.generate_audio,
-            "enable_base64_output": self.enable_base64_output,
-            "reference_count": len(self.images),
-            "has_image": self.image is not None,
-            "has_last_image": self.last_image is not None,
-        }
+        return {**self.job.to_params(), "enable_base64_output": self.enable_base64_output}
 
 
 def resolve_model_scene(model: str, scene: str) -> catalog.Model:
@@ -181,13 +174,25 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         raise InvalidInput(
             "resolution", f"must be one of {', '.join(catalog.RESOLUTIONS)} (got {b.resolution!r})"
         )
-    duration = b.duration if b.duration is not None else int(catalog.DEFAULTS["duration"])  # type: ignore[call-overload]
-    if duration not in catalog.DURATIONS:
+    # A model served from the operator's GPUs has its own durations (its declaration);
+    # Veo's rules (4/6/8 s, 8 s with 1080p, 4k, a last frame or references) are Google's.
+    local = catalog.local_config(m.name)
+    veo_rules = local is None
+    if local is not None:
+        duration = b.duration if b.duration is not None else local.duration_default
+        try:
+            local.check_duration(duration)
+        except ValueError as exc:
+            raise InvalidInput("duration", str(exc)) from None
+    else:
+        duration = b.duration if b.duration is not None else int(catalog.DEFAULTS["duration"])  # type: ignore[call-overload]
+    if veo_rules and duration not in catalog.DURATIONS:
         raise InvalidInput(
             "duration",
             f"must be one of {', '.join(map(str, catalog.DURATIONS))} seconds (got {duration})",
         )
-    if resolution in catalog.FULL_LENGTH_ONLY_RESOLUTIONS and duration != catalog.FULL_LENGTH_S:
+    if (veo_rules and resolution in catalog.FULL_LENGTH_ONLY_RESOLUTIONS
+            and duration != catalog.FULL_LENGTH_S):
         raise InvalidInput(
             "resolution",
             f"{resolution} is only available with duration {catalog.FULL_LENGTH_S} "
@@ -216,7 +221,7 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         )
     if last_image is not None and image is None:
         raise InvalidInput("last_image", "is only allowed together with image")
-    if last_image is not None and duration != catalog.FULL_LENGTH_S:
+    if veo_rules and last_image is not None and duration != catalog.FULL_LENGTH_S:
         raise InvalidInput(
             "duration", f"must be {catalog.FULL_LENGTH_S} when last_image is given (got {duration})"
         )
@@ -234,7 +239,7 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
         for i, url in enumerate(images):
             if not isinstance(url, str) or not url.strip():
                 raise InvalidInput(f"images[{i}]", "must be a non-empty URL")
-        if duration != catalog.FULL_LENGTH_S:
+        if veo_rules and duration != catalog.FULL_LENGTH_S:
             raise InvalidInput(
                 "duration",
                 f"must be {catalog.FULL_LENGTH_S} with reference images (got {duration})",
@@ -245,22 +250,31 @@ def validate_create(model: str, scene: str, body: Any) -> CreateRequest:
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InvalidInput("seed", f"must be -1 (random) or between 0 and {MAX_SEED}")
 
-    return CreateRequest(
+    enable_upsample = _default(b.enable_upsample, "enable_upsample")
+    job = Job(
+        id="",
         model=m.name,
         scene=scene,
         prompt=prompt,
-        image=image,
-        images=images or (),
-        last_image=last_image,
         aspect_ratio=aspect_ratio,
-        resolution=resolution,
+        resolution=catalog.UPSAMPLE_TO[resolution] if enable_upsample else resolution,
+        requested_resolution=resolution,
         duration=duration,
         enhance_prompt=_default(b.enhance_prompt, "enhance_prompt"),
-        enable_upsample=_default(b.enable_upsample, "enable_upsample"),
-        enable_sync_mode=_default(b.enable_sync_mode, "enable_sync_mode"),
+        enable_upsample=enable_upsample,
         negative_prompt=negative_prompt,
         seed=seed,
         generate_audio=_audio(b.generate_audio, m),
+        has_image=image is not None,
+        has_last_image=last_image is not None,
+        reference_count=len(images or ()),
+    )
+    return CreateRequest(
+        job=job,
+        image=image,
+        images=images or (),
+        last_image=last_image,
+        enable_sync_mode=_default(b.enable_sync_mode, "enable_sync_mode"),
         enable_base64_output=_default(b.enable_base64_output, "enable_base64_output"),
     )
 

@@ -171,6 +171,9 @@ class Services:
                 services.backends = {
                     k: v for k, v in services.backends.items() if k in settings.only_backends
                 }
+            # Started once per worker process (clients, render pools); closed in close().
+            for backend in services.backends.values():
+                await backend.start()
             runner = Runner(settings=settings, store=store, storage=storage,
                             backends=services.backends, notifier=notifier)
             # Each backend runs as many predictions at once as the operator set for it, else
@@ -249,9 +252,7 @@ class Services:
                 await task
         await self.dispatcher.stop()
         for backend in self.backends.values():
-            close = getattr(backend, "close", None)
-            if close is not None:
-                await close()
+            await backend.close()
         await self.notifier.close()
         if self.siblings is not None:
             await self.siblings.close()

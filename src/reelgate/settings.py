@@ -75,8 +75,9 @@ class Settings(BaseSettings):
     # exactly one of them (a file lock in the data dir picks it) and the processes wake
     # each other through Unix sockets in <data dir>/notify (jobs/siblings.py).
     serve_workers: int = 1
-    # Predictions run at once per process, by backend. The sandbox renders on the CPU;
-    # remote backends mostly wait, so one process keeps thousands in flight.
+    # Predictions run at once per process, by backend: each backend declares its number
+    # (the sandbox: worker_concurrency; a local GPU: 1; Google and v3 relays mostly wait,
+    # so their own settings allow a thousand); backend_concurrency overrides it by name.
     worker_concurrency: int = 2
     backend_concurrency: dict[str, int] = Field(default_factory=dict)
     # Run only these backends in this process (`reelgate worker --backends`); empty: all.
@@ -122,6 +123,9 @@ class Settings(BaseSettings):
     # Backend for every model unless model_backends names another for it.
     default_backend: str = "sandbox"
     model_backends: dict[str, str] = Field(default_factory=dict)
+    # Modules that register more backends when imported (backends/registry.py), e.g.
+    # "mycompany.reelgate_backend"; packages may use the "reelgate.backends" entry points.
+    backend_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- sandbox backend ---------------------------------------------------------------
     sandbox_latency_s: float = 0.0
@@ -200,7 +204,8 @@ class Settings(BaseSettings):
     policy_block_status: int = 400
 
     @field_validator(
-        "fetch_allow_hosts", "policy_blocklist", "free_backends", "only_backends", mode="before"
+        "fetch_allow_hosts", "policy_blocklist", "free_backends", "only_backends",
+        "backend_modules", mode="before"
     )
     @classmethod
     def _split_list(cls, v: object) -> object:
@@ -226,11 +231,16 @@ class Settings(BaseSettings):
         return sorted(names)
 
     def concurrency_for(self, backend: str) -> int:
+        """Jobs of ``backend`` one worker process runs at once: the operator's number for it,
+        else what the backend declares (backends/registry.py)."""
+        from reelgate.backends.registry import NotConfigured, concurrency_for, intake_backend
+
         if backend in self.backend_concurrency:
-            return self.backend_concurrency[backend]
-        if backend == "local":
-            return 1  # one GPU holds one generation at a time unless the operator says more
-        return self.worker_concurrency if backend == "sandbox" else _remote_default()
+            return max(1, self.backend_concurrency[backend])
+        try:
+            return concurrency_for(intake_backend(backend, self), self)
+        except NotConfigured:
+            return 1
 
     @cached_property
     def resolved_database_url(self) -> str:
@@ -280,10 +290,6 @@ class Settings(BaseSettings):
         if self.max_body_bytes > 0:
             return self.max_body_bytes
         return 3 * (4 * -(-self.fetch_max_bytes // 3)) + 1024 * 1024
-
-
-def _remote_default() -> int:
-    return 1000
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -14,7 +14,7 @@ from reelgate import catalog
 from reelgate.money import format_money
 
 if TYPE_CHECKING:
-    from reelgate.requests import CreateRequest
+    from reelgate.backends.base import Job
     from reelgate.settings import Settings
 
 # Google's published price per second of video (audio included), by tier and resolution.
@@ -74,10 +74,19 @@ class PriceTable:
         return rows
 
 
-def quote(req: CreateRequest, backend: str, settings: Settings) -> int:
-    """What a request costs. Free backends (the sandbox, by default) cost nothing."""
+def quote(job: Job, backend: str, settings: Settings) -> int:
+    """What a job costs. Free backends (the sandbox, by default) cost nothing; a backend
+    may price its own jobs (its ``price`` hook); the rest costs the catalog's price."""
     if backend in settings.free_backends:
         return 0
+    from reelgate.backends.registry import NotConfigured, intake_backend
+
+    try:
+        own = intake_backend(backend, settings).price(job)
+    except NotConfigured:
+        own = None
+    if own is not None:
+        return own
     return PriceTable.from_settings(settings).price(
-        req.model, req.output_resolution, req.duration, req.generate_audio
+        job.model, job.resolution, job.duration, job.generate_audio
     )

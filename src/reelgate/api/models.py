@@ -1,5 +1,5 @@
-"""The model list: what a client may call, which backend serves each model and, for the
-Google backend, which Google model id each public name maps to (the operator's map)."""
+"""The model list: what a client may call, which backend serves each model, and what that
+backend tells about it (for Google, the operator's map to Google model ids)."""
 
 from __future__ import annotations
 
@@ -8,29 +8,36 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from reelgate import catalog
-from reelgate.backends import backend_for
+from reelgate.backends import NotConfigured, backend_for, intake_backend
+from reelgate.settings import Settings
 
 router = APIRouter(prefix="/api/v3")
 
 
-def _google_upstream(name: str) -> dict[str, Any]:
-    """The Google model id(s) serving ``name``: one entry per distinct (mode, model id)
-    among the channels, with the resolutions that model offers."""
-    from reelgate.backends.google_config import load_google_settings, model_caps
+def offered_resolutions(model: str, backend: str, settings: Settings) -> list[str]:
+    """The catalog's resolutions that ``backend`` can deliver for ``model``, in the
+    catalog's order; every resolution when the backend is not set up here."""
+    try:
+        offered = intake_backend(backend, settings).capabilities(model).resolutions
+    except NotConfigured:
+        return list(catalog.RESOLUTIONS)
+    return [r for r in catalog.RESOLUTIONS if r in offered]
 
-    gs = load_google_settings()
-    targets: dict[tuple[str, str], list[str]] = {}
-    for ch in gs.resolved_channels():
-        targets.setdefault((str(ch.mode), gs.model_id(name, ch)), []).append(ch.name)
-    upstream = [
-        {"mode": mode, "model": model_id, "channels": channels,
-         "resolutions": list(model_caps(model_id).resolutions)}
-        for (mode, model_id), channels in targets.items()
-    ]
-    return {
-        "google_model": upstream[0]["model"] if upstream else None,
-        "upstream": {"provider": "google", "models": upstream},
-    }
+
+def offered_durations(model: str, backend: str, settings: Settings) -> list[int]:
+    """The durations ``backend`` makes for ``model`` (a local model's own rules, else
+    Veo's); the catalog's when the backend is not set up here."""
+    try:
+        return list(intake_backend(backend, settings).capabilities(model).durations)
+    except NotConfigured:
+        return list(catalog.DURATIONS)
+
+
+def _described(model: str, backend: str, settings: Settings) -> dict[str, Any]:
+    try:
+        return intake_backend(backend, settings).describe(model)
+    except NotConfigured:
+        return {}
 
 
 def _local_row(m: catalog.Model) -> dict[str, Any]:
@@ -42,13 +49,16 @@ def _local_row(m: catalog.Model) -> dict[str, Any]:
         "scenes": list(m.scenes),
         "aspect_ratios": list(catalog.ASPECT_RATIOS),
         "resolutions": [r for r in catalog.RESOLUTIONS if r in lm.sizes],
-        "durations": list(catalog.DURATIONS),
+        "durations": list(lm.allowed_durations),
         "backend": "local",
         "family": lm.family,
         "capabilities": {
             "audio": lm.audio,
             "last_image": lm.takes_last_frame,
             "fps": lm.fps,
+            "default_duration": lm.duration_default,
+            "frame_step": lm.step_of_frames,
+            "max_frames": lm.max_frames,
             "frame_sizes": {r: list(wh) for r, wh in lm.sizes.items()},
             "default_steps": lm.steps,
             "guidance": lm.guidance,
@@ -76,16 +86,12 @@ async def list_models(request: Request) -> dict[str, Any]:
             "durations": list(catalog.DURATIONS),
             "backend": backend,
         }
-        if backend == "google":
-            row.update(_google_upstream(m.name))
-            offered = {r for u in row["upstream"]["models"] for r in u["resolutions"]}
-            if offered:
-                # Keep the catalog's order; only what some channel's model can make.
-                row["resolutions"] = [r for r in catalog.RESOLUTIONS if r in offered]
-        if backend == "local":
-            local = catalog.local_config(m.name)
-            row["served_by"] = local.path
-            row["resolutions"] = [r for r in catalog.RESOLUTIONS if r in local.sizes]
+        # What the serving backend can make and tells about the model (Google: its model
+        # map; a local model: which declaration serves the name).
+        row.update(_described(m.name, backend, settings))
+        row["resolutions"] = offered_resolutions(m.name, backend, settings) \
+            or row["resolutions"]
+        row["durations"] = offered_durations(m.name, backend, settings)
         data.append(row)
     for m in catalog.LOCAL_MODELS.values():
         data.append(_local_row(m))

@@ -20,6 +20,7 @@ from reelgate.api.history import (
     parse_time,
 )
 from reelgate.api.schemas import ERROR_RESPONSES, ErrorBody, PredictionEnvelope
+from reelgate.backends.registry import cancellable_backends
 from reelgate.errors import ApiError, InvalidInput, NotFound
 from reelgate.present import envelope, inline_outputs, json_with_outputs, prediction_data
 from reelgate.requests import CreateBody, resolve_model_scene
@@ -31,10 +32,6 @@ router = APIRouter(prefix="/api/v3", responses=ERROR_RESPONSES)
 # A read that would carry a video over the enable_base64_output limit.
 TOO_LARGE = {413: {"model": ErrorBody, "description": "enable_base64_output: the video is over "
                    "REELGATE_BASE64_OUTPUT_MAX_BYTES; the message says how to get its URL"}}
-
-# Backends whose workers stop a running prediction between steps when it is cancelled.
-CANCELLABLE_WHILE_RUNNING = ("local",)
-
 
 # What every create route (Veo models and the operator's local ones) documents and answers.
 CREATE_ROUTE: dict[str, Any] = dict(
@@ -336,7 +333,7 @@ async def cancel_prediction(prediction_id: str, request: Request,
         # A running prediction on a backend that stops between denoising steps: its worker
         # ends it at the next step (the answer still says processing until then).
         if await services.store.request_cancel(prediction_id, key.account_id,
-                                               CANCELLABLE_WHILE_RUNNING):
+                                               cancellable_backends(services.settings)):
             return await _read(prediction_id, request, key)
         pred = await services.store.get(prediction_id, account_id=key.account_id)
         if pred is None:

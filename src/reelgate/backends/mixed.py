@@ -1,6 +1,6 @@
 """The ``mix`` backend: one model served by several backends (e.g. Google first, an upstream
 v3 provider when Google answers 429), each a member of the same channel pool as Google's
-keys and the v3 provider's accounts (weights, caps, cool-downs; backends/channels.py).
+keys and the v3 provider's accounts (weights, caps, cool-downs; backends/google/channels.py).
 
 Members are tried by ``priority`` (0 first), by weight within one priority. A member that
 fails *before it submitted anything* with a retryable error (quota, every channel busy,
@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reelgate.backends.base import Backend, BackendError, Job
-from reelgate.backends.channels import ChannelPool, NoChannel
+from reelgate.backends.base import Backend, BackendBase, BackendError, Capabilities, Job
+from reelgate.backends.google.channels import ChannelPool, NoChannel
+from reelgate.backends.registry import NotConfigured, Resolve, register
 from reelgate.settings import settings_file
 
 if TYPE_CHECKING:
-    from reelgate.requests import CreateRequest
     from reelgate.settings import Settings
 
 __all__ = ["MixMember", "MixSettings", "MixedBackend", "check_mixed_request",
@@ -61,6 +61,8 @@ class MixSettings(BaseSettings):
     cooldown_s: float = 30.0
     # Longest a job waits for a member to free up when all are cooling down or full.
     acquire_timeout_s: float = 600.0
+    # Predictions one worker process runs at once through the mix.
+    concurrency: int = Field(1000, ge=1)
 
 
 @lru_cache(maxsize=1)
@@ -68,27 +70,26 @@ def load_mix_settings() -> MixSettings:
     return MixSettings()
 
 
-def check_mixed_request(req: CreateRequest, settings: Settings,
-                        ms: MixSettings | None = None) -> None:
+NO_MEMBERS = "The mix backend has no members on this server: set REELGATE_MIX_MEMBERS."
+
+
+def check_mixed_request(job: Job, members: list[Backend]) -> None:
     """Intake: accept what at least one member can make; otherwise the first refusal."""
-    from reelgate.backends import check_request
     from reelgate.errors import ApiError
 
-    ms = ms or load_mix_settings()
     first: ApiError | None = None
-    for member in ms.members:
+    for member in members:
         try:
-            check_request(member.name, req, settings)
+            member.check(job)
             return
         except ApiError as exc:
             first = first or exc
     if first is not None:
         raise first
-    raise ApiError(500, "The mix backend has no members on this server: set "
-                        "REELGATE_MIX_MEMBERS.")
+    raise ApiError(500, NO_MEMBERS)
 
 
-class MixedBackend:
+class MixedBackend(BackendBase):
     name = "mix"
 
     def __init__(self, ms: MixSettings, backends: dict[str, Backend], *,
@@ -102,6 +103,23 @@ class MixedBackend:
         self.tiers = sorted({m.priority for m in ms.members})
         self.by_tier = {t: [m.name for m in ms.members if m.priority == t] for t in self.tiers}
         self.pool = ChannelPool(ms.members, status_path=status_path)
+        self.concurrency = ms.concurrency
+
+    def capabilities(self, model: str) -> Capabilities:
+        return Capabilities.union([m.capabilities(model) for m in self.members.values()])
+
+    def check(self, job: Job) -> None:
+        check_mixed_request(job, list(self.members.values()))
+
+    # Members are backends of the same process: starting and closing them again is
+    # harmless (both are idempotent), and a worker running only the mix needs them.
+    async def start(self) -> None:
+        for member in self.members.values():
+            await member.start()
+
+    async def close(self) -> None:
+        for member in self.members.values():
+            await member.close()
 
     async def generate(self, job: Job, workdir: Path) -> Path:
         if job.upstream_ref:
@@ -168,3 +186,25 @@ class MixedBackend:
                                             separators=(",", ":")))
 
         return checkpoint
+
+
+def _build(settings: Settings, resolve: Resolve) -> Backend:
+    ms = load_mix_settings()
+    if not ms.members:
+        raise NotConfigured(NO_MEMBERS)
+    backends: dict[str, Backend] = {}
+    first: NotConfigured | None = None
+    for member in ms.members:
+        try:
+            backends[member.name] = resolve(member.name)
+        except NotConfigured as exc:
+            # A member not set up here is left out; the others serve the model.
+            first = first or exc
+    if not backends:
+        raise first or NotConfigured(NO_MEMBERS)
+    available = ms.model_copy(update={"members": [m for m in ms.members
+                                                  if m.name in backends]})
+    return MixedBackend(available, backends, status_path=settings.data_dir / "mix-members.json")
+
+
+register("mix", _build, composite=True)

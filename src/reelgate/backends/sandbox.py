@@ -38,7 +38,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from reelgate import catalog
-from reelgate.backends.base import BackendError, Job
+from reelgate.backends.base import BackendBase, BackendError, Capabilities, Job
+from reelgate.backends.registry import register
 from reelgate.media.images import DECODE_BUDGET, adopt_budget, open_for_render
 from reelgate.media.video import AUDIO_SAMPLE_RATE, encode_mp4
 
@@ -609,7 +610,7 @@ def _render_in_child(job: Job, out_path: Path, fps: int, max_height: int) -> Non
     render_sandbox_video(job, out_path, fps=fps, max_height=max_height)
 
 
-class SandboxBackend:
+class SandboxBackend(BackendBase):
     """Renders every job locally (see the module docstring). No network, no keys.
 
     Renders run in a pool of ``processes`` worker processes, not in threads of the server:
@@ -628,6 +629,7 @@ class SandboxBackend:
         max_height: int = 0,
         fps: int = 24,
         processes: int = 0,
+        concurrency: int = 2,
     ) -> None:
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError("failure_rate must be between 0 and 1")
@@ -638,6 +640,8 @@ class SandboxBackend:
         self.max_height = max(0, max_height)
         self.fps = fps
         self.processes = max(0, processes)
+        # Renders are CPU work: about one per core (worker_concurrency, 2 by default).
+        self.concurrency = max(1, concurrency)
         self._pool: ProcessPoolExecutor | None = None
         if self.processes:
             # Now, before any decode can be waiting on the process-local lock.
@@ -645,6 +649,7 @@ class SandboxBackend:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxBackend:
+        concurrency = settings.backend_concurrency.get("sandbox", settings.worker_concurrency)
         return cls(
             latency_s=settings.sandbox_latency_s,
             failure_rate=settings.sandbox_failure_rate,
@@ -652,8 +657,14 @@ class SandboxBackend:
             fps=settings.sandbox_fps,
             processes=(settings.sandbox_render_processes
                        if settings.sandbox_render_processes is not None
-                       else min(settings.concurrency_for("sandbox"), os.cpu_count() or 1)),
+                       else min(concurrency, os.cpu_count() or 1)),
+            concurrency=concurrency,
         )
+
+    def capabilities(self, model: str) -> Capabilities:
+        # Everything the catalog accepts, at exactly the asked size and length (the short
+        # side capped by sandbox_max_height, when the operator sets one).
+        return Capabilities(exact_output=not self.max_height)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -705,3 +716,6 @@ class SandboxBackend:
             raise BackendError("sandbox: the render process died; please try again",
                                retryable=True) from None
         return out_path
+
+
+register("sandbox", lambda settings, _resolve: SandboxBackend.from_settings(settings))

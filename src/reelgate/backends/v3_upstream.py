@@ -31,8 +31,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reelgate.backends.base import BackendError, Job
-from reelgate.backends.channels import ChannelPool, NoChannel
+from reelgate.backends.base import Backend, BackendBase, BackendError, Job
+from reelgate.backends.google.channels import ChannelPool, NoChannel
+from reelgate.backends.registry import NotConfigured, Resolve, register
 from reelgate.settings import settings_file
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class V3UpstreamSettings(BaseSettings):
     acquire_timeout_s: float = 600.0
     request_timeout_s: float = 60.0
     download_attempts: int = Field(4, ge=1)
+    # Predictions one worker process relays at once (each mostly waits on the provider).
+    concurrency: int = Field(1000, ge=1)
 
     @model_validator(mode="after")
     def _unique(self) -> V3UpstreamSettings:
@@ -204,7 +207,10 @@ def request_body(job: Job) -> dict[str, Any]:
     return body
 
 
-class V3UpstreamBackend:
+class V3UpstreamBackend(BackendBase):
+    """Relays every catalog request as it is (the provider answers for what it cannot do):
+    the default capabilities, no check beyond being configured."""
+
     name = "v3"
 
     def __init__(self, us: V3UpstreamSettings, *, status_path: Path | None = None,
@@ -214,8 +220,9 @@ class V3UpstreamBackend:
         self.us = us
         self.channels = {c.name: c for c in us.channels}
         self.pool = ChannelPool(us.channels, status_path=status_path)
-        self._client = httpx.AsyncClient(timeout=us.request_timeout_s, transport=transport,
-                                         follow_redirects=True)
+        self.concurrency = us.concurrency
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings,
@@ -223,8 +230,24 @@ class V3UpstreamBackend:
         return cls(us or load_v3_upstream_settings(),
                    status_path=settings.data_dir / "v3-upstream-channels.json")
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        # Opened by start() (or the first job): API processes build this backend only to
+        # check requests, and must hold no connection pool for it.
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.us.request_timeout_s,
+                                           transport=self._transport, follow_redirects=True)
+        return self._http
+
+    async def start(self) -> None:
+        self._client  # noqa: B018 - opens the client
+
+    async def close(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    aclose = close
 
     def _headers(self, ch: UpstreamChannel) -> dict[str, str]:
         return {"Authorization": f"Bearer {ch.api_key}"}
@@ -421,3 +444,14 @@ class V3UpstreamBackend:
                 delay *= 2
         raise BackendError(f"The video could not be downloaded from the upstream provider "
                            f"({problem}). " + NOT_CHARGED)
+
+
+def _build(settings: Settings, resolve: Resolve) -> Backend:
+    us = load_v3_upstream_settings()
+    if not us.configured:
+        raise NotConfigured("The v3 upstream backend is not configured on this server: "
+                            "set REELGATE_V3_UPSTREAM_CHANNELS.")
+    return V3UpstreamBackend.from_settings(settings, us)
+
+
+register("v3", _build)

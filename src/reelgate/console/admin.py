@@ -168,8 +168,8 @@ async def usage(request: Request) -> Response:
 
 @router.get("/system", response_class=HTMLResponse)
 async def system(request: Request) -> Response:
-    from reelgate.backends.channels import read_status_file
-    from reelgate.backends.google_config import load_google_settings
+    from reelgate.backends.google.channels import read_status_file
+    from reelgate.backends.google.config import load_google_settings
 
     v = await viewer(request, role="admin")
     services = services_of(request)

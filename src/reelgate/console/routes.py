@@ -302,14 +302,10 @@ def field_spec(model: str, scene: str, request: Request, key: KeyRecord) -> dict
     (from the catalog, and for Google-served models what the mapped Google model can make)."""
     settings = services_of(request).settings
     m = catalog.MODELS[model]
-    resolutions = list(catalog.RESOLUTIONS)
-    backend = backend_for(model, settings)
-    if backend == "google":
-        from reelgate.api.models import _google_upstream
+    from reelgate.api.models import offered_resolutions
 
-        offered = {r for u in _google_upstream(model)["upstream"]["models"]
-                   for r in u["resolutions"]}
-        resolutions = [r for r in resolutions if r in offered] or resolutions
+    backend = backend_for(model, settings)
+    resolutions = offered_resolutions(model, backend, settings) or list(catalog.RESOLUTIONS)
     durations = list(catalog.DURATIONS)
     if scene == "reference-to-video":
         durations = [catalog.FULL_LENGTH_S]
@@ -451,7 +447,7 @@ async def playground_price(request: Request) -> Response:
     except InvalidInput as exc:
         return page(request, "_price.html", v, error=exc.message)
     backend = backend_for(model, settings)
-    price = quote(req, backend, settings)
+    price = quote(req.job, backend, settings)
     per_second = PriceTable.from_settings(settings).per_second(
         model, req.output_resolution, req.generate_audio)
     return page(request, "_price.html", v, price=price, backend=backend, req=req,

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from reelgate import metrics
 from reelgate.backends.base import Backend, BackendError, Cancelled, Inputs, Job
@@ -29,6 +30,23 @@ log = logging.getLogger("reelgate.jobs")
 # A prediction whose worker died this many times is failed instead of retried forever
 # (a request that crashes the worker every time must not take the service down with it).
 MAX_ATTEMPTS = 3
+
+class LeaseLost(BackendError):
+    """Another worker took the row over: stop, and never try again here."""
+
+
+class GenerateTimeout(Exception):
+    """``generate`` ran past its backend's ``timeout``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"timed out after {seconds:g} s")
+        self.seconds = seconds
+
+
+TIMEOUT_FAILURE = (
+    "The video was not generated within this server's time limit for its backend ({:g} s). "
+    "You were not charged; please try again."
+)
 
 INTERNAL_FAILURE = (
     "The video could not be generated because of an internal error. You were not charged; "
@@ -72,27 +90,15 @@ def job_from_row(
     on_unconfirmed: str = "resubmit",
     report_progress: Callable[[int, int], Awaitable[bool]] | None = None,
 ) -> Job:
-    p = pred.params
-    extra = {"intend": intend} if intend is not None else {}
-    return Job(
-        id=pred.id,
-        model=pred.model,
-        scene=pred.scene,
-        prompt=p["prompt"],
-        aspect_ratio=p["aspect_ratio"],
-        resolution=p["output_resolution"],
-        duration=p["duration"],
-        generate_audio=p["generate_audio"],
-        enhance_prompt=p["enhance_prompt"],
-        negative_prompt=p.get("negative_prompt"),
-        seed=p.get("seed"),
-        inputs=inputs,
-        upstream_ref=pred.upstream_ref,
-        checkpoint=checkpoint,
-        on_unconfirmed=on_unconfirmed,
-        **extra,
-        **({"report_progress": report_progress} if report_progress else {}),
-    )
+    """The job intake stored on the row (``Job.to_params``), with the run's inputs, handle
+    and callbacks."""
+    run: dict[str, Any] = {"inputs": inputs, "upstream_ref": pred.upstream_ref,
+                           "checkpoint": checkpoint, "on_unconfirmed": on_unconfirmed}
+    if intend is not None:
+        run["intend"] = intend
+    if report_progress is not None:
+        run["report_progress"] = report_progress
+    return Job.from_params(pred.id, pred.model, pred.scene, pred.params, **run)
 
 
 def output_key(prediction_id: str) -> str:
@@ -172,16 +178,19 @@ class Runner:
                                   "on this server.")
             return
 
+        handles: list[str] = [pred.upstream_ref] if pred.upstream_ref else []
+
         async def checkpoint(ref: str) -> None:
+            handles.append(ref)
             if not await self.store.set_upstream_ref(pred.id, owner, ref):
                 # Our lease was taken over: stop before waiting on work another worker owns.
-                raise BackendError("lease lost", retryable=True)
+                raise LeaseLost("lease lost", retryable=True)
 
         async def intend(intent: str | None) -> None:
             ok = (await self.store.set_submit_intent(pred.id, owner, intent) if intent
                   else await self.store.clear_submit_intent(pred.id, owner))
             if intent and not ok:
-                raise BackendError("lease lost", retryable=True)
+                raise LeaseLost("lease lost", retryable=True)
 
         async def report_progress(step: int, steps: int) -> bool:
             metrics.GENERATION_PROGRESS.labels(pred.backend, pred.model).set(
@@ -189,7 +198,7 @@ class Runner:
             cancel = await self.store.set_progress(pred.id, owner,
                                                    {"step": step, "steps": steps})
             if cancel is None:
-                raise BackendError("lease lost", retryable=True)
+                raise LeaseLost("lease lost", retryable=True)
             return cancel
 
         tmp_root = self.settings.data_dir / "tmp"
@@ -205,7 +214,7 @@ class Runner:
                                self.settings.on_unconfirmed_submission(pred.backend),
                                report_progress)
             started = time.perf_counter()
-            video = await backend.generate(job, Path(workdir))
+            video = await self._call(backend, job, Path(workdir), handles)
             metrics.BACKEND_LATENCY.labels(pred.backend).observe(
                 time.perf_counter() - started
             )
@@ -217,6 +226,16 @@ class Runner:
             log.info("prediction %s cancelled: %s", pred.id, exc.message)
             if await self.store.cancel_running(pred.id, owner, exc.message):
                 metrics.PREDICTIONS_ENDED.labels("cancelled", pred.backend).inc()
+            return
+        except GenerateTimeout:
+            # The backend's own bound (Backend.timeout): a hung generate ends the row,
+            # uncharged, instead of holding a worker slot and the lease forever.
+            log.warning("prediction %s: %s backend timed out after %s s", pred.id,
+                        pred.backend, backend.timeout)
+            metrics.UPSTREAM_ERRORS.labels(pred.backend, "timeout").inc()
+            if await self.store.fail(pred.id, owner,
+                                     TIMEOUT_FAILURE.format(backend.timeout or 0)):
+                metrics.PREDICTIONS_ENDED.labels("failed", pred.backend).inc()
             return
         except BackendError as exc:
             log.info("prediction %s failed: %s", pred.id, exc.message)
@@ -246,6 +265,32 @@ class Runner:
         else:
             log.warning("prediction %s: lease lost before completion", pred.id)
 
+
+    @staticmethod
+    async def _call(backend: Backend, job: Job, workdir: Path, handles: list[str]) -> Path:
+        """``generate`` within the backend's timeout, tried again in place (up to its
+        ``retries``) after a retryable BackendError raised before any upstream handle was
+        written: nothing was started upstream, so another try cannot pay twice."""
+        timeout = getattr(backend, "timeout", None)
+        retries = max(0, int(getattr(backend, "retries", 0) or 0))
+        attempt = 0
+        while True:
+            bound = asyncio.timeout(timeout or None)
+            try:
+                async with bound:
+                    return await backend.generate(job, workdir)
+            except TimeoutError:
+                # Ours only when our bound expired; a backend's own TimeoutError is an error.
+                if bound.expired():
+                    raise GenerateTimeout(timeout or 0) from None
+                raise
+            except BackendError as exc:
+                if not exc.retryable or handles or attempt >= retries \
+                        or isinstance(exc, LeaseLost):
+                    raise
+                attempt += 1
+                log.info("prediction %s: retryable failure (%s); trying again (%d of %d)",
+                         job.id, exc.message, attempt, retries)
 
     async def _store_poster(self, prediction_id: str, video: Path, workdir: Path) -> str | None:
         """Take a still from the video and store it beside it (the console's thumbnail).

@@ -3,8 +3,8 @@
 Pipelines are loaded once per worker process (on first use, or all at start with
 ``preload``) and kept warm. A generation runs in one dedicated thread (torch state such as
 the current CUDA device is per thread), while the event loop keeps the lease alive and
-writes progress: the step callback only hands (step, steps) to the loop and reads a
-threading.Event, so it adds no database round trip to a denoising step."""
+writes progress: the step callback only stores (step, steps) and reads a threading.Event,
+so it adds no database round trip, and no wake-up of the loop, to a denoising step."""
 
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reelgate.backends.base import BackendError, Cancelled, Job
+from reelgate.backends.base import BackendBase, BackendError, Cancelled, Capabilities, Job
+from reelgate.backends.local.check import check_local_request
 from reelgate.backends.local.config import (
     LocalModelConfig,
     config_for,
     install,
 )
-from reelgate.backends.local.families import PIPELINES, build_call
+from reelgate.backends.local.families import PIPELINES, TAYLORSEER_MODULES, build_call
 from reelgate.media.video import AUDIO_SAMPLE_RATE, encode_mp4
 
 if TYPE_CHECKING:
@@ -38,6 +39,15 @@ OOM_MESSAGE = (
     "The GPU ran out of memory while generating this video. You were not charged; try a "
     "lower resolution or a shorter duration, or try again later."
 )
+
+
+# How often the progress (and with it the cancel flag) is written to and read back from
+# the row while a prediction denoises: the first step at once, then at least this often. A GPU step takes
+# 0.05 to 15 s, so a user sees every step or near it, a cancel stops within this plus one
+# step, and the event loop stays off the GIL the pipeline's Python code needs.
+PROGRESS_INTERVAL_S = 0.5
+# ...and at each tenth of the steps, so a short run (fast steps) still shows them move.
+PROGRESS_MARKS = 10
 
 
 class _Stop(Exception):
@@ -52,6 +62,11 @@ class Generated:
     seconds_denoise: float
     seconds_decode: float
     seconds_per_step: float
+    # Time spent in reelgate's step callback (hand-over and cancel check), all steps.
+    seconds_in_callback: float = 0.0
+    # CPU time of the generating thread over the pipeline call: unlike wall time, not
+    # inflated by other processes' load (on a GPU: the Python side that launches kernels).
+    seconds_cpu: float = 0.0
 
 
 def _torch() -> Any:
@@ -77,7 +92,7 @@ class PipelineCache:
     def get(self, m: LocalModelConfig, scene: str) -> Any:
         cls_name = PIPELINES[m.family][scene]
         weights = m.weights_by_scene.get(scene, m.weights)
-        key = (weights, cls_name)
+        key = (weights, _runtime(m), cls_name)
         with self._lock:
             pipe = self._pipes.get(key)
             if pipe is None:
@@ -90,7 +105,11 @@ class PipelineCache:
 
         cls = getattr(diffusers, cls_name)
         extra = dict(m.pipeline_kwargs.get(scene, {}))
-        sibling = next((p for (w, _), p in self._pipes.items() if w == weights), None)
+        # Modules are shared only with a pipeline of the same weights AND the same runtime
+        # options: the hooks, offload and compilation live on the modules themselves, so
+        # two models declaring the same weights with other options get their own copies.
+        sibling = next((p for (w, rt, _), p in self._pipes.items()
+                        if w == weights and rt == _runtime(m)), None)
         started = time.perf_counter()
         if sibling is not None:
             # Same weights, another task: reuse the modules already on the device.
@@ -121,6 +140,12 @@ class PipelineCache:
         pipe.set_progress_bar_config(disable=True)
 
 
+def _runtime(m: LocalModelConfig) -> str:
+    """What, besides the weights, changes the loaded modules (dtype, offload, hooks)."""
+    return repr((m.dtype, m.cpu_offload, m.compile, m.cache, m.cache_threshold,
+                 m.mag_ratios, m.steps if m.cache == "mag" else None))
+
+
 def _cache_config(m: LocalModelConfig) -> Any:
     import diffusers
 
@@ -128,8 +153,9 @@ def _cache_config(m: LocalModelConfig) -> Any:
         return diffusers.FirstBlockCacheConfig(threshold=m.cache_threshold)
     if m.cache == "mag":
         return diffusers.MagCacheConfig(threshold=m.cache_threshold,
-                                        num_inference_steps=m.steps)
-    return diffusers.TaylorSeerCacheConfig()
+                                        num_inference_steps=m.steps,
+                                        mag_ratios=m.mag_ratios)
+    return diffusers.TaylorSeerCacheConfig(cache_identifiers=TAYLORSEER_MODULES[m.family])
 
 
 def _to_uint8_frames(video: Any) -> np.ndarray:
@@ -166,8 +192,11 @@ def _resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
     return np.stack([np.interp(dst, src, ch) for ch in audio]).astype(np.float32)
 
 
-class LocalBackend:
+class LocalBackend(BackendBase):
     name = "local"
+    # One GPU holds one generation at a time (REELGATE_BACKEND_CONCURRENCY='{"local": n}'
+    # lets more queue behind the GPU thread).
+    concurrency = 1
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -177,8 +206,52 @@ class LocalBackend:
         # One thread runs every generation of this process, so torch's per-thread state
         # (current CUDA device, grad mode) is set once and stays put.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpu")
-        if settings.local_torch_threads:
-            _torch().set_num_threads(settings.local_torch_threads)
+        self._started = False
+
+    # --- the port ------------------------------------------------------------------------
+
+    def capabilities(self, model: str) -> Capabilities:
+        m = config_for(model)
+        if m is None:
+            return Capabilities(scenes=(), resolutions=())
+        return Capabilities(
+            scenes=tuple(m.offered_scenes),
+            # Deliverable sizes; check() also takes others when resolution_fallback says so.
+            resolutions=tuple(r for r in ("720p", "1080p", "4k") if r in m.sizes),
+            # The model's own durations (its declaration), not Veo's 4/6/8.
+            durations=tuple(m.allowed_durations),
+            # Accepted: a silent model with audio_fallback="silent" takes generate_audio.
+            audio=bool(m.audio) or m.audio_fallback == "silent",
+            last_image=m.takes_last_frame,
+            reference_images="reference-to-video" in m.offered_scenes,
+            exact_output=True,
+            progress=True,
+        )
+
+    def check(self, job: Job) -> None:
+        check_local_request(job)
+
+    def price(self, job: Job) -> int | None:
+        # Per second of video at the operator's price for its GPUs (the models file's
+        # price_per_second, or a REELGATE_PRICES override), with the markup.
+        from reelgate.accounts.prices import PriceTable
+
+        return PriceTable.from_settings(self.settings).price(
+            job.model, job.resolution, job.duration, job.generate_audio)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        m = config_for(model)
+        return {} if m is None else {"served_by": m.path}
+
+    async def start(self) -> None:
+        # Torch is imported here, in the worker, never in an API process.
+        if not self._started:
+            self._started = True
+            if self.settings.local_torch_threads:
+                _torch().set_num_threads(self.settings.local_torch_threads)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
@@ -204,43 +277,61 @@ class LocalBackend:
         seed = job.seed if job.seed is not None else random.randrange(2**32)
 
         loop = asyncio.get_running_loop()
-        steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
+        latest: list[tuple[int, int] | None] = [None]
+        wake = asyncio.Event()
+        ended = [False]
         stop = threading.Event()
         lost: list[BackendError] = []
+        writes = [0]
 
         def on_step(step: int, total: int) -> None:
-            # Called in the GPU thread: hand the numbers over, never wait on the loop.
-            loop.call_soon_threadsafe(steps.put_nowait, (step, total))
+            # Called in the GPU thread between two steps: a plain assignment. Waking the
+            # event loop every step made it take the GIL (and a database write) between
+            # the pipeline's own Python work, step after step. It is woken at the first
+            # step and at each tenth of the steps (at most PROGRESS_MARKS + 1 times a
+            # prediction, however many steps), and reads the rest on its timer.
+            prev = latest[0]
+            latest[0] = (step, total)
+            if prev is None or (step * PROGRESS_MARKS // total
+                                != prev[0] * PROGRESS_MARKS // total):
+                loop.call_soon_threadsafe(wake.set)
 
         async def relay() -> None:
-            done = False
-            while not done:
-                item = await steps.get()
-                latest = item
-                while not steps.empty():  # only the latest matters
-                    nxt = steps.get_nowait()
-                    if nxt is None:
-                        done = True
-                    else:
-                        latest = nxt
-                if item is None:
-                    done = True
-                if latest is None:
-                    continue
+            written: tuple[int, int] | None = None
+            while True:
                 try:
-                    if await job.report_progress(*latest):
+                    await asyncio.wait_for(wake.wait(), PROGRESS_INTERVAL_S)
+                except TimeoutError:
+                    pass
+                wake.clear()
+                last = ended[0]
+                now = latest[0]
+                if now is not None and now != written:
+                    written = now
+                    writes[0] += 1
+                    try:
+                        if await job.report_progress(*now):
+                            stop.set()
+                    except BackendError as exc:  # lease lost: stop working for nobody
+                        lost.append(exc)
                         stop.set()
-                except BackendError as exc:  # lease lost: stop working for nobody
-                    lost.append(exc)
-                    stop.set()
+                        return
+                if last:
+                    return
 
         relay_task = asyncio.create_task(relay())
         try:
             result = await loop.run_in_executor(
                 self._executor, self._run, m, job.scene, call, seed, on_step, stop)
+        except asyncio.CancelledError:
+            # The runner's timeout (or a shutdown): the GPU thread stops at its next step
+            # instead of finishing a video nobody will collect.
+            stop.set()
+            raise
         finally:
             # Let the relay write the last step it was given, then end.
-            steps.put_nowait(None)
+            ended[0] = True
+            wake.set()
             try:
                 await asyncio.wait_for(asyncio.shield(relay_task), 10)
             except (TimeoutError, asyncio.CancelledError):
@@ -261,9 +352,10 @@ class LocalBackend:
             frame_count=len(frames), audio=audio,
         )
         log.info("prediction %s: %d steps, %.5f s/step, denoise %.4fs, decode %.4fs, "
-                 "mp4 %.4fs", job.id, m.steps, result.seconds_per_step,
-                 result.seconds_denoise, result.seconds_decode,
-                 time.perf_counter() - encode_started)
+                 "mp4 %.4fs, callback %.6fs, progress writes %d, cpu %.4fs", job.id, m.steps,
+                 result.seconds_per_step, result.seconds_denoise, result.seconds_decode,
+                 time.perf_counter() - encode_started, result.seconds_in_callback, writes[0],
+                 result.seconds_cpu)
         return out
 
     def _run(self, m: LocalModelConfig, scene: str, call: Any, seed: int,
@@ -273,13 +365,16 @@ class LocalBackend:
         total = m.steps
         marks: dict[str, float] = {}
 
+        in_callback = [0.0]
+
         def callback(pipeline: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            on_step(i + 1, total)
             now = time.perf_counter()
             marks.setdefault("first_step", now)
             marks["denoised"] = now
+            on_step(i + 1, total)
             if stop.is_set():
                 raise _Stop
+            in_callback[0] += time.perf_counter() - now
             return kwargs
 
         # A CPU generator: the same seed gives the same noise on any device.
@@ -288,6 +383,7 @@ class LocalBackend:
         try:
             pipe = self.cache.get(m, scene)  # loaded once, then warm
             started = time.perf_counter()
+            cpu_started = time.thread_time()
             with torch.inference_mode():
                 output = pipe(**call.kwargs, generator=generator, output_type="np",
                               callback_on_step_end=callback, return_dict=True)
@@ -304,6 +400,7 @@ class LocalBackend:
             self._free_memory()
             raise BackendError(OOM_MESSAGE)
         finished = time.perf_counter()
+        cpu = time.thread_time() - cpu_started
         denoised = marks.get("denoised", finished)
         # Seconds per step between the first and the last step (text encoding and the
         # first step's warm-up excluded), the figure the benchmark compares.
@@ -316,7 +413,8 @@ class LocalBackend:
             rate = int(getattr(getattr(vocoder, "config", None), "output_sampling_rate", 0)
                        or getattr(pipe, "audio_sampling_rate", 0) or rate)
             audio = _audio_array(audio)
-        return Generated(frames, audio, rate, denoised - started, finished - denoised, per_step)
+        return Generated(frames, audio, rate, denoised - started, finished - denoised, per_step,
+                         in_callback[0], cpu)
 
     def _free_memory(self) -> None:
         import gc

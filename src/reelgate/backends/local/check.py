@@ -9,10 +9,10 @@ from reelgate import catalog
 from reelgate.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from reelgate.requests import CreateRequest
+    from reelgate.backends.base import Job
 
 
-def check_local_request(req: CreateRequest) -> None:
+def check_local_request(req: Job) -> None:
     m = catalog.local_config(req.model)
     if m is None:
         raise InvalidInput("model", f"'{req.model}' is not served by a local model")
@@ -23,8 +23,8 @@ def check_local_request(req: CreateRequest) -> None:
     if req.generate_audio and not m.audio and m.audio_fallback != "silent":
         raise InvalidInput("generate_audio", f"{where} makes silent video; send "
                            "generate_audio=false")
-    if m.resolve_resolution(req.output_resolution) is None:
-        raise InvalidInput("resolution", f"{req.output_resolution} is not offered by {where}; "
+    if m.resolve_resolution(req.resolution) is None:
+        raise InvalidInput("resolution", f"{req.resolution} is not offered by {where}; "
                            f"it offers {', '.join(m.sizes)}")
-    if req.last_image is not None and not m.takes_last_frame:
+    if req.has_last_image and not m.takes_last_frame:
         raise InvalidInput("last_image", f"{where} takes no last frame")

@@ -14,6 +14,13 @@ The file is TOML (stdlib ``tomllib``), named by ``REELGATE_LOCAL_MODELS_FILE``::
     guidance = 5.0
     price_per_second = 0.02       # operator's currency units
     serves = ["veo3.1-fast"]      # optional: Veo names this model answers
+    max_duration = 5              # or durations = [2, 4, 5]; default: 4, 6, 8 (Veo's)
+    max_frames = 121              # the most frames one pipeline call may generate
+
+Durations are the model's own, not Veo's: a request is accepted when its duration is one of
+``durations`` (or any whole number of seconds up to ``max_duration``), whatever its scene,
+resolution or frames; the frames generated for it (``duration x fps``, rounded up to the
+family's 1 + k x ``frame_step``) must fit ``max_frames``, checked when the file is read.
 """
 
 from __future__ import annotations
@@ -75,7 +82,22 @@ class LocalModelConfig(BaseModel):
     compile: bool = False
     cache: Literal["none", "first_block", "mag", "taylorseer"] = "none"
     cache_threshold: float = 0.05
+    # MagCache skips blocks by the checkpoint's magnitude ratios (one per step, from a
+    # calibration run: diffusers' MagCacheConfig(calibrate=True) prints them); diffusers
+    # refuses MagCache without them.
+    mag_ratios: list[float] | None = None
     max_sequence_length: int | None = None
+    # Durations (whole seconds) the model is offered for: a list, or every second up to a
+    # maximum; neither: 4, 6 and 8 (what Veo clients send).
+    durations: list[int] | None = None
+    max_duration: int | None = Field(None, ge=1, le=600)
+    default_duration: int | None = None
+    # Frame counts the pipeline takes are 1 + k * frame_step (the VAE's temporal
+    # compression: Wan 4, LTX-Video and LTX-2 8); a checkpoint with another VAE says so.
+    frame_step: int | None = Field(None, ge=1, le=64)
+    # The most frames one call may generate (what the model was trained for / the card
+    # holds: Wan 2.1 81, Wan 2.2 TI2V 121, LTX-Video 257).
+    max_frames: int | None = Field(None, ge=1)
 
     @field_validator("sizes")
     @classmethod
@@ -86,6 +108,49 @@ class LocalModelConfig(BaseModel):
         if not v:
             raise ValueError("declare at least one resolution")
         return v
+
+    @field_validator("durations")
+    @classmethod
+    def _durations(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v or any(d < 1 or d > 600 for d in v):
+                raise ValueError("durations are whole seconds from 1 to 600, at least one")
+            v = sorted(set(v))
+        return v
+
+    @property
+    def allowed_durations(self) -> tuple[int, ...]:
+        """Every duration (seconds) a request may ask of this model, in order."""
+        if self.max_duration is not None:
+            return tuple(range(1, self.max_duration + 1))
+        return tuple(self.durations or catalog.DURATIONS)
+
+    @property
+    def duration_default(self) -> int:
+        """The duration of a request that sends none: the declared default, else Veo's
+        (8 s) when offered, else the longest offered."""
+        if self.default_duration is not None:
+            return self.default_duration
+        allowed = self.allowed_durations
+        veo = int(catalog.DEFAULTS["duration"])  # type: ignore[call-overload]
+        return veo if veo in allowed else allowed[-1]
+
+    @property
+    def step_of_frames(self) -> int:
+        return self.frame_step or FAMILY_FRAME_STEP[self.family]
+
+    def duration_rule(self) -> str:
+        """The rule in words, for error messages."""
+        if self.max_duration is not None:
+            rule = f"1 to {self.max_duration} seconds"
+        else:
+            rule = f"{', '.join(map(str, self.allowed_durations))} seconds"
+        return f"{rule} at {self.fps} fps"
+
+    def check_duration(self, duration: int) -> None:
+        """Raise ValueError (a 400 at intake) when ``duration`` is not offered."""
+        if duration not in self.allowed_durations:
+            raise ValueError(f"{self.path} makes {self.duration_rule()} (got {duration})")
 
     @property
     def path(self) -> str:
@@ -114,6 +179,24 @@ class LocalModelConfig(BaseModel):
             if w % step or h % step:
                 raise ValueError(f"model {self.name}: size {res} {w}x{h} must be multiples of "
                                  f"{step} for the {self.family} family")
+        if self.cache == "mag" and not self.mag_ratios:
+            raise ValueError(f"model {self.name}: cache = \"mag\" needs mag_ratios, the "
+                             "checkpoint's magnitude ratios (run diffusers' "
+                             "MagCacheConfig(calibrate=True) once and copy what it prints)")
+        if self.durations is not None and self.max_duration is not None:
+            raise ValueError(f"model {self.name}: declare durations or max_duration, not both")
+        if (self.default_duration is not None
+                and self.default_duration not in self.allowed_durations):
+            raise ValueError(f"model {self.name}: default_duration {self.default_duration} is "
+                             f"not among its durations ({self.duration_rule()})")
+        if self.max_frames is not None:
+            longest = max(self.allowed_durations)
+            generated = self.frames_for(longest)[1]
+            if generated > self.max_frames:
+                raise ValueError(
+                    f"model {self.name}: {longest} s at {self.fps} fps needs {generated} "
+                    f"frames (1 + k x {self.step_of_frames}), more than max_frames "
+                    f"{self.max_frames}; lower max_duration/durations or fps")
         bad = set(self.scenes or ()) - set(FAMILY_SCENES[self.family])
         if bad:
             raise ValueError(f"model {self.name}: the {self.family} family cannot do "
@@ -139,7 +222,7 @@ class LocalModelConfig(BaseModel):
         the next count its VAE accepts (1 + k*step) and the extra tail frames are cut, so
         the file lasts exactly ``duration`` seconds."""
         wanted = duration * self.fps
-        step = FAMILY_FRAME_STEP[self.family]
+        step = self.step_of_frames
         generated = 1 + step * max(1, math.ceil((wanted - 1) / step))
         return wanted, generated
 

@@ -32,6 +32,16 @@ PIPELINES: dict[str, dict[str, str]] = {
     },
 }
 
+# Modules whose outputs TaylorSeer caches and predicts, by family. diffusers' defaults
+# ("^blocks.*attn", "^transformer_blocks.*attn", matched whole) name Flux's attention
+# modules; these families call theirs attn1/attn2 (LTX-2 also audio_attn1/2 and the
+# audio<->video ones), so with the defaults TaylorSeer would hook nothing and change nothing.
+TAYLORSEER_MODULES: dict[str, list[str]] = {
+    "wan": [r"^blocks\.\d+\.attn\d$"],
+    "ltx": [r"^transformer_blocks\.\d+\.attn\d$"],
+    "ltx2": [r"^transformer_blocks\.\d+\.\w*attn\d?$"],
+}
+
 # The default negative prompt is empty: the operator's users send their own.
 
 

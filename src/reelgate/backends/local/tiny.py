@@ -55,20 +55,26 @@ def _wan_vae() -> Any:
                             temperal_downsample=[False, True, True])
 
 
-def _wan_transformer(in_channels: int = 16, layers: int = 2) -> Any:
+def _wan_transformer(in_channels: int = 16, layers: int = 2, heads: int = 2,
+                     head_dim: int = 12) -> Any:
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-        in_channels=in_channels, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
+        in_channels=in_channels, out_channels=16, text_dim=32, freq_dim=256,
+        # The real models' feed-forward is ~2.7x (1.3B) to ~3.5x (14B) the width.
+        ffn_dim=32 if heads * head_dim <= 24 else 3 * heads * head_dim,
         num_layers=layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32)
 
 
-def build_wan(root: Path, seed: int = 0, layers: int = 2) -> dict[str, Path]:
+def build_wan(root: Path, seed: int = 0, layers: int = 2, heads: int = 2,
+              head_dim: int = 12) -> dict[str, Path]:
     """Wan 2.1/2.2: text-to-video (WanPipeline), first / first+last frame
     (WanImageToVideoPipeline, the 36-channel image-conditioned transformer) and
-    reference-to-video (WanVACEPipeline). Returns the weights directory of each scene."""
+    reference-to-video (WanVACEPipeline). Returns the weights directory of each scene.
+    ``layers``, ``heads`` and ``head_dim`` size the transformers (the benchmark grows them
+    so that a step costs enough to be measured)."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         WanImageToVideoPipeline,
@@ -82,10 +88,11 @@ def build_wan(root: Path, seed: int = 0, layers: int = 2) -> dict[str, Path]:
     sched = FlowMatchEulerDiscreteScheduler(shift=5.0)
     dirs = {s: root / f"wan-{s}" for s in ("t2v", "i2v", "vace")}
     WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched,
-                transformer=_wan_transformer(16, layers)).save_pretrained(dirs["t2v"])
+                transformer=_wan_transformer(16, layers, heads, head_dim)
+                ).save_pretrained(dirs["t2v"])
     WanImageToVideoPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched,
                             image_processor=None, image_encoder=None,
-                            transformer=_wan_transformer(36, layers)
+                            transformer=_wan_transformer(36, layers, heads, head_dim)
                             ).save_pretrained(dirs["i2v"])
     vace = WanVACETransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
@@ -98,7 +105,8 @@ def build_wan(root: Path, seed: int = 0, layers: int = 2) -> dict[str, Path]:
             "reference-to-video": dirs["vace"]}
 
 
-def build_ltx(root: Path, seed: int = 0, layers: int = 1) -> dict[str, Path]:
+def build_ltx(root: Path, seed: int = 0, layers: int = 1, heads: int = 4,
+              head_dim: int = 8) -> dict[str, Path]:
     """LTX-Video: one set of weights for LTXPipeline and LTXImageToVideoPipeline."""
     from diffusers import (
         AutoencoderKLLTXVideo,
@@ -109,8 +117,9 @@ def build_ltx(root: Path, seed: int = 0, layers: int = 1) -> dict[str, Path]:
 
     _seed(seed)
     transformer = LTXVideoTransformer3DModel(
-        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
-        attention_head_dim=8, cross_attention_dim=32, num_layers=layers, caption_channels=32)
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=heads,
+        attention_head_dim=head_dim, cross_attention_dim=heads * head_dim, num_layers=layers,
+        caption_channels=32)
     vae = AutoencoderKLLTXVideo(
         in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
@@ -144,7 +153,8 @@ def _gemma3(hidden: int = 32, layers: int = 2) -> Any:
     return Gemma3ForConditionalGeneration(config).eval()
 
 
-def build_ltx2(root: Path, seed: int = 0, layers: int = 2) -> dict[str, Path]:
+def build_ltx2(root: Path, seed: int = 0, layers: int = 2, heads: int = 2,
+               head_dim: int = 8) -> dict[str, Path]:
     """LTX-2 (video with audio): one set of weights for LTX2Pipeline and
     LTX2ImageToVideoPipeline — Gemma 3 text encoder, text connectors, video and audio VAEs,
     the audio-video transformer and the vocoder."""
@@ -162,8 +172,8 @@ def build_ltx2(root: Path, seed: int = 0, layers: int = 2) -> dict[str, Path]:
     text_encoder = _gemma3()
     hidden = text_encoder.config.text_config.hidden_size
     transformer = LTX2VideoTransformer3DModel(
-        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
-        attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4,
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=heads,
+        attention_head_dim=head_dim, cross_attention_dim=heads * head_dim, audio_in_channels=4,
         audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=4,
         audio_cross_attention_dim=8, num_layers=layers, qk_norm="rms_norm_across_heads",
         caption_channels=hidden, rope_double_precision=False, rope_type="split")

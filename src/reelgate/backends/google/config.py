@@ -180,6 +180,9 @@ class GoogleSettings(BaseSettings):
     # killed worker leaves unconfirmed (and, with the "fail" policy, fails), and keeps the
     # burst after a cool-down from queueing inside the HTTP client's connection pool.
     create_concurrency: int = Field(32, ge=1)
+    # Predictions one worker process runs at once on this backend: each mostly waits on
+    # Google, so many fit (REELGATE_BACKEND_CONCURRENCY='{"google": n}' overrides it too).
+    concurrency: int = Field(1000, ge=1)
 
     @field_validator("api_keys", "fallbacks", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reelgate.backends.google_config import ChannelConfig, GoogleSettings
+from reelgate.backends.google.config import ChannelConfig, GoogleSettings
 
 google_app = typer.Typer(help="The Google Veo backend: credentials, models, channels.",
                          no_args_is_help=True)
@@ -51,7 +51,7 @@ def _load() -> tuple[GoogleSettings, list[ChannelConfig]]:
 
 async def _check_channel(gs: GoogleSettings, ch: ChannelConfig) -> dict[str, Any]:
     from reelgate import catalog
-    from reelgate.backends.google import classify_error, load_credentials, make_client
+    from reelgate.backends.google.backend import classify_error, load_credentials, make_client
 
     report: dict[str, Any] = {"channel": ch.name, "mode": ch.mode,
                               "credentials": _credential(ch), "credentials_ok": True,
@@ -125,7 +125,7 @@ def channels_cmd(
 ) -> None:
     """List the configured channels with the state a running server last reported (health,
     operations in flight, cool-downs, last error)."""
-    from reelgate.backends.channels import read_status_file
+    from reelgate.backends.google.channels import read_status_file
     from reelgate.settings import Settings
 
     gs, channels = _load()

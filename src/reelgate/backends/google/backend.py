@@ -28,9 +28,10 @@ from urllib.parse import quote
 
 import httpx
 
-from reelgate.backends.base import BackendError, Job
-from reelgate.backends.channels import ChannelPool, ChannelState, NoChannel
-from reelgate.backends.google_config import (
+from reelgate import catalog
+from reelgate.backends.base import BackendBase, BackendError, Capabilities, Job
+from reelgate.backends.google.channels import ChannelPool, ChannelState, NoChannel
+from reelgate.backends.google.config import (
     ChannelConfig,
     GoogleSettings,
     load_google_settings,
@@ -42,14 +43,12 @@ if TYPE_CHECKING:
     from google import genai
     from google.genai import types
 
-    from reelgate.requests import CreateRequest
     from reelgate.settings import Settings
 
 __all__ = [
     "POLICY_MESSAGE",
     "GoogleBackend",
     "Plan",
-    "Shape",
     "UpstreamRef",
     "check_google_request",
     "classify_error",
@@ -83,49 +82,6 @@ _CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 @dataclass(frozen=True)
-class Shape:
-    """What a request asks for, without its bytes: enough to decide what Google will accept
-    before anything is fetched, stored or spent."""
-
-    model: str
-    scene: str
-    aspect_ratio: str
-    resolution: str  # the output resolution (after enable_upsample)
-    duration: int
-    has_image: bool = False
-    has_last_image: bool = False
-    reference_count: int = 0
-    seed: int | None = None
-    generate_audio: bool = True
-    enhance_prompt: bool = True
-    negative_prompt: str | None = None
-    enable_upsample: bool = False
-
-    @classmethod
-    def from_request(cls, req: CreateRequest) -> Shape:
-        return cls(
-            model=req.model, scene=req.scene, aspect_ratio=req.aspect_ratio,
-            resolution=req.output_resolution, duration=req.duration,
-            has_image=req.image is not None, has_last_image=req.last_image is not None,
-            reference_count=len(req.images), seed=req.seed,
-            generate_audio=req.generate_audio, enhance_prompt=req.enhance_prompt,
-            negative_prompt=req.negative_prompt, enable_upsample=req.enable_upsample,
-        )
-
-    @classmethod
-    def from_job(cls, job: Job) -> Shape:
-        return cls(
-            model=job.model, scene=job.scene, aspect_ratio=job.aspect_ratio,
-            resolution=job.resolution, duration=job.duration,
-            has_image=job.inputs.image is not None,
-            has_last_image=job.inputs.last_image is not None,
-            reference_count=len(job.inputs.images), seed=job.seed,
-            generate_audio=job.generate_audio, enhance_prompt=job.enhance_prompt,
-            negative_prompt=job.negative_prompt,
-        )
-
-
-@dataclass(frozen=True)
 class Plan:
     """The Veo request one channel will make: model id and config values as sent."""
 
@@ -146,11 +102,11 @@ class Plan:
         return {k: v for k, v in self.__dict__.items() if v not in (None, ())}
 
 
-def _resolution_field(shape: Shape) -> str:
+def _resolution_field(shape: Job) -> str:
     return "enable_upsample" if shape.enable_upsample else "resolution"
 
 
-def plan_for(shape: Shape, channel: ChannelConfig, gs: GoogleSettings,
+def plan_for(shape: Job, channel: ChannelConfig, gs: GoogleSettings,
              model_id: str | None = None, _tried: tuple[str, ...] = ()) -> Plan:
     """Translate ``shape`` for ``channel``, or raise InvalidInput naming the field Google
     would refuse. Operator fallbacks (gs.fallbacks, gs.fallback_models) turn some refusals
@@ -225,7 +181,7 @@ def plan_for(shape: Shape, channel: ChannelConfig, gs: GoogleSettings,
     )
 
 
-def eligible_plans(shape: Shape, gs: GoogleSettings,
+def eligible_plans(shape: Job, gs: GoogleSettings,
                    channels: list[ChannelConfig]) -> tuple[dict[str, Plan], InvalidInput | None]:
     """The plan of every channel that can serve ``shape``, and the first refusal."""
     plans: dict[str, Plan] = {}
@@ -244,13 +200,13 @@ def not_configured_error() -> ApiError:
                          "REELGATE_GOOGLE_MODE=vertex with REELGATE_GOOGLE_PROJECT.")
 
 
-def check_google_request(req: CreateRequest, gs: GoogleSettings | None = None) -> None:
+def check_google_request(job: Job, gs: GoogleSettings | None = None) -> None:
     """Intake check: refuse with a 400 what no configured channel can send to Google."""
     gs = gs or load_google_settings()
     channels = gs.resolved_channels()
     if not channels:
         raise not_configured_error()
-    plans, first = eligible_plans(Shape.from_request(req), gs, channels)
+    plans, first = eligible_plans(job, gs, channels)
     if not plans and first is not None:
         raise first
 
@@ -454,7 +410,7 @@ class _Channel:
     credentials: Any = None
 
 
-class GoogleBackend:
+class GoogleBackend(BackendBase):
     name = "google"
 
     def __init__(self, gs: GoogleSettings, *, status_path: Path | None = None) -> None:
@@ -465,6 +421,55 @@ class GoogleBackend:
         self.pool = ChannelPool(self.channels, status_path=status_path)
         self._clients: dict[str, _Channel] = {}
         self._create_slots = asyncio.Semaphore(gs.create_concurrency)
+        # Jobs mostly wait on Google: one process keeps many in flight.
+        self.concurrency = gs.concurrency
+        # No bound of the runner's: max_wait_s and acquire_timeout_s bound each wait, and a
+        # cut poll would leave an operation Google bills for.
+        self.timeout = None
+
+    # --- the port: what intake, the model list and prices ask (pure) --------------------
+
+    def capabilities(self, model: str) -> Capabilities:
+        """The union over the channels: what at least one can make. Resolutions are what
+        the mapped models deliver; ``check`` decides per request, with the operator's
+        fallbacks (which may lower a resolution or switch the model)."""
+        gs = self.gs
+        caps = [model_caps(gs.model_id(model, ch)) for ch in self.channels]
+        resolutions = {r for c in caps for r in c.resolutions}
+        vertex = any(ch.mode == "vertex" for ch in self.channels)
+        return Capabilities(
+            resolutions=tuple(r for r in catalog.RESOLUTIONS if r in resolutions),
+            silent=vertex or "audio_always_on" in gs.fallbacks,
+            seed=vertex or "drop_seed" in gs.fallbacks,
+            last_image=any(c.last_frame for c in caps) or bool(gs.fallback_models),
+            reference_images=any(c.reference_images for c in caps) or bool(gs.fallback_models),
+            resumable=True,
+        )
+
+    def check(self, job: Job) -> None:
+        plans, first = eligible_plans(job, self.gs, self.channels)
+        if not plans and first is not None:
+            raise first
+
+    def describe(self, model: str) -> dict[str, Any]:
+        """The Google model id(s) serving ``model``: one entry per distinct (mode, model
+        id) among the channels, with the resolutions that model offers."""
+        targets: dict[tuple[str, str], list[str]] = {}
+        for ch in self.channels:
+            targets.setdefault((str(ch.mode), self.gs.model_id(model, ch)), []).append(ch.name)
+        upstream = [
+            {"mode": mode, "model": model_id, "channels": channels,
+             "resolutions": list(model_caps(model_id).resolutions)}
+            for (mode, model_id), channels in targets.items()
+        ]
+        return {
+            "google_model": upstream[0]["model"] if upstream else None,
+            "upstream": {"provider": "google", "models": upstream},
+        }
+
+    async def close(self) -> None:
+        # The SDK's clients hold connection pools; a later job builds them again.
+        self._clients.clear()
 
     @classmethod
     def from_settings(cls, settings: Settings, gs: GoogleSettings | None = None) -> GoogleBackend:
@@ -521,7 +526,7 @@ class GoogleBackend:
 
     async def _submit(self, job: Job) -> tuple[str, types.GenerateVideosOperation]:
         gs = self.gs
-        plans, first = eligible_plans(Shape.from_job(job), gs, self.channels)
+        plans, first = eligible_plans(job, gs, self.channels)
         if not plans:
             raise BackendError(f"Google cannot make this video: {first.message if first else ''}")
         source, config_images = await asyncio.to_thread(_source_parts, job)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from reelgate.billing import adjust
 from reelgate.store import migrate
 from reelgate.store.console import ConsoleStore
 from reelgate.store.db import create_engine
+from reelgate.store.ledger import adjust
 from reelgate.store.repo import Store, hash_key, new_id
 from reelgate.store.tables import utcnow
 

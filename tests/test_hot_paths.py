@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import func, select
 
 from reelgate import Client
-from reelgate.billing import InsufficientBalance
+from reelgate.money import InsufficientBalance
 from reelgate.ratelimit import MemoryWindows, RateLimiter
 from reelgate.store.repo import ConcurrencyLimited, Store
 from reelgate.store.tables import api_keys, ledger, predictions
 from tests.conftest import ServerProcess
-from tests.test_store_contract import account_with_key, add, store  # noqa: F401 - fixture
+from tests.contract.test_store import account_with_key, add, store  # noqa: F401 - fixture
 
 T2V = "/api/v3/google/veo3.1-fast/text-to-video"
 ADMIN = "admin-token-hot"

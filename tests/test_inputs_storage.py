@@ -1,7 +1,8 @@
 """Inputs go through the storage (issue 10, defect 8): two API processes and a worker, each
 with a data dir of its own, share only the database, Redis and the storage (one directory
 named by REELGATE_STORAGE_URL, or an S3 bucket). An image fetched by one API process and a
-file uploaded to one and used through the other both reach the worker."""
+file uploaded to one and used through the other both reach the worker. (The adapters'
+own bytes round trip is in tests/contract/test_storage.py.)"""
 
 from __future__ import annotations
 
@@ -11,26 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reelgate.media.storage import LocalStorage, UrlSigner
 from tests.conftest import ImageServer, ServerProcess, WorkerProcess, make_image, wait_until_done
-from tests.fake_s3 import ACCESS_KEY, REGION, SECRET_KEY, make_s3
-
-
-@pytest.mark.parametrize("kind", ["local", "s3"])
-async def test_bytes_round_trip(kind: str, tmp_path: Path,
-                                request: pytest.FixtureRequest) -> None:
-    from reelgate.media.storage import StorageKeyMissing
-
-    if kind == "local":
-        storage = LocalStorage(tmp_path / "store", UrlSigner(b"k" * 32, 60))
-    else:
-        storage = make_s3(request.getfixturevalue("s3_endpoint"),
-                          f"s3://{request.getfixturevalue('bucket')}/p")
-    await storage.put_bytes("inputs/ab/x/image", b"\x89PNG...", "image/png")
-    assert await storage.get_bytes("inputs/ab/x/image") == b"\x89PNG..."
-    await storage.delete("inputs/ab/x/image")
-    with pytest.raises(StorageKeyMissing):
-        await storage.get_bytes("inputs/ab/x/image")
+from tests.fake_s3 import ACCESS_KEY, REGION, SECRET_KEY
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])

@@ -1,5 +1,5 @@
-"""Video storage: the S3 adapter against moto's S3 server on 127.0.0.1, and contract tests
-that run the same cases against LocalStorage and S3Storage.
+"""Video storage: what only the S3 adapter does, against moto's S3 server on 127.0.0.1. The
+cases every adapter must pass (local disk and S3) are tests/contract/test_storage.py.
 
 moto (5.x) stores and serves objects faithfully but does not check the signature or the
 expiry of presigned URLs, so the fake below puts a small WSGI layer in front of moto's own
@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import numpy as np
 import pytest
 
-from reelgate.backends.base import Job
-from reelgate.backends.sandbox import render_sandbox_video
 from reelgate.media.s3 import S3Storage, StorageUnavailable, build_storage, parse_s3_url
-from reelgate.media.storage import LocalStorage, Storage, TooLarge, UrlSigner
+from reelgate.media.storage import LocalStorage, UrlSigner
 from reelgate.media.video import check_video, encode_mp4
 
 from .conftest import free_port
@@ -37,6 +34,7 @@ from .fake_s3 import (
     SECRET_KEY,
     make_s3,
 )
+from .videos import render_video
 
 # --- videos ------------------------------------------------------------------------------
 
@@ -44,11 +42,7 @@ from .fake_s3 import (
 @pytest.fixture(scope="session")
 def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real sandbox render, 720p, 1 s."""
-    path = tmp_path_factory.mktemp("s3-video") / "video.mp4"
-    job = Job(id="s3-storage", model="veo3.1-fast", scene="text-to-video",
-              prompt="a lighthouse stored in a bucket", duration=1, resolution="720p")
-    render_sandbox_video(job, path, fps=24)
-    return path
+    return render_video(tmp_path_factory.mktemp("video") / "video.mp4")
 
 
 @pytest.fixture(scope="session")
@@ -69,120 +63,7 @@ def large_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# --- the contract: the same cases against every adapter ----------------------------------
-
 BASE_URL = "http://reelgate.test"
-
-
-@dataclass
-class Harness:
-    storage: Storage
-    # GET a URL that storage.url() produced: (HTTP status, body).
-    fetch: Callable[[str], tuple[int, bytes]]
-
-
-def local_fetch(storage: LocalStorage) -> Callable[[str], tuple[int, bytes]]:
-    # LocalStorage's URLs are served by the app's /media route; these tests stay at the
-    # adapter, so they check what that route checks: the signature, then the file on disk.
-    def fetch(url: str) -> tuple[int, bytes]:
-        parts = urlsplit(url)
-        assert f"{parts.scheme}://{parts.netloc}" == BASE_URL
-        assert parts.path.startswith("/media/")
-        key = unquote(parts.path.removeprefix("/media/"))
-        q = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        if not storage.signer.verify(key, int(q["expires"]), q["signature"]):
-            return 403, b""
-        path = storage.path(key)
-        return (200, path.read_bytes()) if path.is_file() else (404, b"")
-
-    return fetch
-
-
-def http_fetch(url: str) -> tuple[int, bytes]:
-    response = httpx.get(url, timeout=10)
-    return response.status_code, response.content
-
-
-@pytest.fixture(params=["local", "s3"])
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
-    if request.param == "local":
-        storage = LocalStorage(tmp_path / "videos", UrlSigner(b"k" * 32, ttl_s=3600))
-        return Harness(storage, local_fetch(storage))
-    endpoint = request.getfixturevalue("s3_endpoint")
-    name = request.getfixturevalue("bucket")
-    return Harness(make_s3(endpoint, f"s3://{name}/videos"), http_fetch)
-
-
-class TestStorageContract:
-    async def test_put_file_then_url_serves_the_same_bytes(
-        self, harness: Harness, video: Path
-    ) -> None:
-        key = "ab/abcdef.mp4"
-        assert not await harness.storage.exists(key)
-        await harness.storage.put_file(key, video)
-        # put_file has returned: the runner may now say "completed", so the video must be
-        # there in full.
-        assert await harness.storage.exists(key)
-        status, body = harness.fetch(harness.storage.url(key, BASE_URL))
-        assert status == 200
-        assert body == video.read_bytes()
-
-    async def test_a_url_signed_for_one_key_does_not_open_another(
-        self, harness: Harness, video: Path, tmp_path: Path
-    ) -> None:
-        other = tmp_path / "other.mp4"
-        other.write_bytes(b"someone else's video")
-        await harness.storage.put_file("ab/mine.mp4", video)
-        await harness.storage.put_file("ab/theirs.mp4", other)
-        url = harness.storage.url("ab/mine.mp4", BASE_URL)
-        assert harness.fetch(url)[0] == 200
-        tampered = url.replace("mine.mp4", "theirs.mp4")
-        assert tampered != url
-        assert harness.fetch(tampered)[0] == 403
-
-    async def test_put_file_replaces_an_existing_object(
-        self, harness: Harness, video: Path, tmp_path: Path
-    ) -> None:
-        first = tmp_path / "first.mp4"
-        first.write_bytes(b"x" * 1000)
-        await harness.storage.put_file("cd/same.mp4", first)
-        await harness.storage.put_file("cd/same.mp4", video)
-        status, body = harness.fetch(harness.storage.url("cd/same.mp4", BASE_URL))
-        assert (status, body) == (200, video.read_bytes())
-
-    async def test_delete_removes_and_is_idempotent(self, harness: Harness, video: Path) -> None:
-        await harness.storage.put_file("ef/gone.mp4", video)
-        url = harness.storage.url("ef/gone.mp4", BASE_URL)
-        await harness.storage.delete("ef/gone.mp4")
-        assert not await harness.storage.exists("ef/gone.mp4")
-        assert harness.fetch(url)[0] == 404
-        await harness.storage.delete("ef/gone.mp4")  # no error the second time
-        await harness.storage.delete("ef/never-was.mp4")
-
-    async def test_read_bytes_is_the_object_within_a_limit(
-        self, harness: Harness, video: Path
-    ) -> None:
-        # What enable_base64_output answers carry: the whole object, never one over the
-        # caller's limit (refused before reading), and a missing one says so.
-        await harness.storage.put_file("gh/inline.mp4", video)
-        size = video.stat().st_size
-        assert await harness.storage.read_bytes("gh/inline.mp4", size) == video.read_bytes()
-        with pytest.raises(TooLarge) as info:
-            await harness.storage.read_bytes("gh/inline.mp4", size - 1)
-        assert (info.value.size, info.value.limit) == (size, size - 1)
-        with pytest.raises(FileNotFoundError):
-            await harness.storage.read_bytes("gh/missing.mp4", size)
-
-    @pytest.mark.parametrize("key", ["", "/abs.mp4", "../up.mp4", "a/../b.mp4", "a//b.mp4"])
-    async def test_unsafe_keys_are_refused(
-        self, harness: Harness, video: Path, key: str
-    ) -> None:
-        with pytest.raises(ValueError):
-            await harness.storage.put_file(key, video)
-        with pytest.raises(ValueError):
-            await harness.storage.exists(key)
-        with pytest.raises(ValueError):
-            await harness.storage.delete(key)
 
 
 # --- S3 specifics ----------------------------------------------------------------------------

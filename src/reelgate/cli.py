@@ -288,9 +288,10 @@ def accounts_credit(
     from reelgate.api.admin import parse_money
 
     async def go(admin: AdminStore) -> dict[str, Any]:
-        return await admin.adjust_balance(
-            await admin.resolve_account(account), parse_money(amount, None), note
-        )
+        from reelgate.accounts.ledger import top_up
+
+        return await top_up(admin, await admin.resolve_account(account),
+                            parse_money(amount, None), note)
 
     typer.echo(_admin(go)["balance"])
 

@@ -16,8 +16,9 @@ import logging
 from typing import Any
 
 from reelgate import metrics
+from reelgate.accounts.ledger import ensure_affordable
+from reelgate.accounts.prices import quote
 from reelgate.backends import backend_for, check_request
-from reelgate.billing import InsufficientBalance, quote
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.logs import prediction_id_var
 from reelgate.media.fetch import load_input_image, resolve_destination
@@ -157,10 +158,7 @@ async def accept(services: Services, key: KeyRecord, model: str, scene: str,
     price = quote(req.job, backend, settings)
     # Refuse an account that cannot pay before fetching anything (the hold itself is
     # taken atomically with the insert below; this is only the cheap early answer).
-    if price > 0:
-        available = await services.store.balance(key.account_id)
-        if price > available:
-            raise InsufficientBalance(price, available)
+    await ensure_affordable(services.store, key.account_id, price)
     fetched = await _fetch_inputs(req, services)
     prediction_id = new_id()
     prediction_id_var.set(prediction_id)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,15 +14,33 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from sqlalchemy import func, select
 from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reelgate.store.tables import UNFINISHED, predictions
+from reelgate.store.metrics import unfinished_by_status
+from reelgate.store.repo import Store
 
-if TYPE_CHECKING:
-    from reelgate.services import Services
+
+class _Dispatcher(Protocol):
+    @property
+    def in_flight(self) -> int | None: ...
+
+    async def depth(self) -> dict[str, int]: ...
+
+    def consumer_states(self) -> dict[str, str]: ...
+
+
+class Sources(Protocol):
+    """What the scrape-time gauges read (services.Services has it). A protocol rather than
+    an import: the runner counts into this module, and the wiring imports the runner."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def dispatcher(self) -> _Dispatcher: ...
+
 
 HTTP_REQUESTS = Counter(
     "reelgate_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -73,17 +91,10 @@ UNCONFIRMED_SUBMISSIONS = Counter(
 )
 
 
-async def refresh(services: Services) -> None:
+async def refresh(services: Sources) -> None:
     """Scrape-time gauges: read from the database and the queue when asked, not kept."""
-    async with services.store.engine.connect() as conn:
-        rows = await conn.execute(
-            select(predictions.c.status, func.count())
-            .where(predictions.c.status.in_(UNFINISHED))
-            .group_by(predictions.c.status)
-        )
-        counts = dict(rows.all())
-    for status in UNFINISHED:
-        PREDICTIONS_UNFINISHED.labels(status).set(counts.get(status, 0))
+    for status, count in (await unfinished_by_status(services.store)).items():
+        PREDICTIONS_UNFINISHED.labels(status).set(count)
     for queue, depth in (await services.dispatcher.depth()).items():
         QUEUE_DEPTH.labels(queue).set(depth)
     in_flight = services.dispatcher.in_flight
@@ -91,7 +102,7 @@ async def refresh(services: Services) -> None:
         IN_FLIGHT.set(in_flight)
 
 
-def serve_worker_endpoints(port: int, host: str, services: Services) -> None:
+def serve_worker_endpoints(port: int, host: str, services: Sources) -> None:
     """A worker's HTTP side, in a thread: Prometheus metrics, and /readyz answering 200 only
     while every queue consumer of this process is connected (503 with each one's state)."""
     import json

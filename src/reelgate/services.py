@@ -33,9 +33,10 @@ from reelgate.policy import ContentPolicy
 from reelgate.ratelimit import RateLimiter
 from reelgate.settings import Settings
 from reelgate.store import migrate
-from reelgate.store.db import create_engine
+from reelgate.store.db import create_engine, ping
 from reelgate.store.hot import HotReads
 from reelgate.store.repo import Store
+from reelgate.store.uploads import UploadStore
 
 
 @dataclass
@@ -129,7 +130,7 @@ class Services:
             limiter=RateLimiter(settings.rate_limit_storage_url),
             fetch_policy=FetchPolicy.from_settings(settings),
             uploads=Uploads(
-                engine,
+                UploadStore(store),
                 settings.uploads_dir,
                 signer,
                 UploadLimits(settings.upload_max_bytes, settings.upload_ttl_s,
@@ -221,8 +222,6 @@ class Services:
 
     async def check(self) -> dict[str, str]:
         """Reachability of each dependency, for /readyz: "ok" or what went wrong."""
-        from sqlalchemy import text
-
         async def probe(name: str, coro: Any) -> tuple[str, str]:
             try:
                 await asyncio.wait_for(coro, 5)
@@ -230,11 +229,8 @@ class Services:
             except Exception as exc:
                 return name, f"{type(exc).__name__}: {exc}"[:200]
 
-        async def database() -> None:
-            async with self.store.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-
-        probes = [probe("database", database()), probe("storage", self.storage.check())]
+        probes = [probe("database", ping(self.store.engine)),
+                  probe("storage", self.storage.check())]
         checks = dict(await asyncio.gather(*probes))
         # The queue (scaled out), and each consumer until it has (re)connected.
         checks.update(await self.dispatcher.check())

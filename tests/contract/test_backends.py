@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
-from reelgate import billing, catalog
+from reelgate import catalog
+from reelgate.accounts import prices as billing
 from reelgate.backends import registry
 from reelgate.backends.base import Backend, BackendError, Cancelled, Capabilities, Job
 from reelgate.errors import InvalidInput

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from reelgate import billing
+from reelgate.accounts.prices import PriceTable
 from reelgate.api.auth import require_key
 from reelgate.api.v3.present import envelope
+from reelgate.money import MICROS
 from reelgate.store.repo import KeyRecord
 
 router = APIRouter(prefix="/api/v3")
@@ -20,7 +21,7 @@ async def _balance(request: Request, key: KeyRecord) -> dict[str, Any]:
     return envelope({
         # A JSON number, as WaveSpeed documents data.balance (clients compare it with
         # numbers); balance_micros is the exact amount.
-        "balance": micros / billing.MICROS,
+        "balance": micros / MICROS,
         "balance_micros": micros,
         "currency": services.settings.currency,
     })
@@ -44,5 +45,5 @@ async def prices(request: Request, key: KeyRecord = Depends(require_key)) -> dic
     return envelope({
         "currency_unit": "micro (1/1,000,000) of the operator's currency",
         "free_backends": settings.free_backends,
-        "prices": billing.PriceTable.from_settings(settings).table(),
+        "prices": PriceTable.from_settings(settings).table(),
     })

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from reelgate import billing
+from reelgate.accounts.ledger import top_up
 from reelgate.api.auth import bearer_secret
 from reelgate.errors import ApiError, InvalidInput, Unauthorized
+from reelgate.money import MICROS
 from reelgate.store.admin import AdminStore
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -46,10 +47,10 @@ def parse_money(value: str | int | float | None, micros: int | None) -> int:
         d = Decimal(str(value))
     except InvalidOperation:
         raise InvalidInput("amount", f"is not a decimal number: {str(value)[:40]!r}") from None
-    if not d.is_finite() or abs(d) > MAX_MICROS // billing.MICROS:
+    if not d.is_finite() or abs(d) > MAX_MICROS // MICROS:
         raise InvalidInput("amount", f"must be a finite amount of at most "
-                           f"{MAX_MICROS // billing.MICROS}")
-    scaled = d * billing.MICROS
+                           f"{MAX_MICROS // MICROS}")
+    scaled = d * MICROS
     if scaled != scaled.to_integral_value():
         raise InvalidInput("amount", "has more than 6 decimal places")
     return int(scaled)
@@ -187,7 +188,7 @@ async def revoke_key(key: str, admin: AdminStore = Depends(require_admin)) -> An
 @router.post("/accounts/{account}/credits")
 async def credit(account: str, body: CreditIn, admin: AdminStore = Depends(require_admin)) -> Any:
     amount = parse_money(body.amount, body.amount_micros)
-    return await admin.adjust_balance(await admin.resolve_account(account), amount, body.note)
+    return await top_up(admin, await admin.resolve_account(account), amount, body.note)
 
 
 @router.get("/accounts/{account}/ledger")

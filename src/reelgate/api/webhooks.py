@@ -13,7 +13,6 @@ from reelgate.api.auth import require_key
 from reelgate.api.v3.present import envelope
 from reelgate.errors import NotFound
 from reelgate.jobs.signing import STANDARD
-from reelgate.jobs.webhooks import account_scheme, account_secret
 from reelgate.store.repo import KeyRecord
 
 router = APIRouter(prefix="/api/v3/webhooks", tags=["webhooks"])
@@ -30,10 +29,10 @@ HOW = {
 
 
 async def _secret(request: Request, key: KeyRecord) -> dict[str, Any]:
-    engine = request.app.state.services.store.engine
-    scheme = await account_scheme(engine, key.account_id)
+    webhooks = request.app.state.services.webhooks
+    scheme = await webhooks.scheme(key.account_id)
     return envelope({
-        "secret": await account_secret(engine, key.account_id),
+        "secret": await webhooks.secret(key.account_id),
         "scheme": scheme,
         "verification": HOW[scheme],
     })

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from reelgate import catalog
+from reelgate.accounts.ledger import top_up
 from reelgate.api.admin import date_range, parse_money, to_csv
 from reelgate.backends import backend_for
 from reelgate.errors import ApiError
@@ -59,8 +60,7 @@ async def credit(request: Request, account_id: str) -> Response:
     try:
         account_id = await admin.resolve_account(account_id)
         amount = parse_money(str(form.get("amount") or "").strip() or None, None)
-        account = await admin.adjust_balance(account_id, amount,
-                                             str(form.get("note") or "")[:500])
+        account = await top_up(admin, account_id, amount, str(form.get("note") or "")[:500])
     except ApiError as exc:
         return _back(back, f"Not credited: {exc.message}")
     return _back(back, f"{account['name']}: balance is now {money(account['balance_micros'])}.")

@@ -23,11 +23,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from reelgate import billing, catalog, intake
+from reelgate import catalog, intake
+from reelgate.accounts.prices import PriceTable, quote
 from reelgate.backends import backend_for
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.jobs.runner import read_input
 from reelgate.media.storage import StorageKeyMissing
+from reelgate.money import MICROS
 from reelgate.policy import ContentBlocked
 from reelgate.requests import validate_create
 from reelgate.services import Services
@@ -58,7 +60,7 @@ def money(micros: int | str | None) -> str:
     if isinstance(micros, str):
         d = Decimal(micros)
     else:
-        d = Decimal(int(micros or 0)) / billing.MICROS
+        d = Decimal(int(micros or 0)) / MICROS
     text = f"{d:.6f}".rstrip("0")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(2, '0')}"
@@ -444,8 +446,8 @@ async def playground_price(request: Request) -> Response:
     except InvalidInput as exc:
         return page(request, "_price.html", v, error=exc.message)
     backend = backend_for(model, settings)
-    price = billing.quote(req.job, backend, settings)
-    per_second = billing.PriceTable.from_settings(settings).per_second(
+    price = quote(req.job, backend, settings)
+    per_second = PriceTable.from_settings(settings).per_second(
         model, req.output_resolution, req.generate_audio)
     return page(request, "_price.html", v, price=price, backend=backend, req=req,
                 free=backend in settings.free_backends, per_second=per_second)
@@ -744,7 +746,7 @@ async def usage_chart(services: Services, account_id: str | None, days: int = 30
     models = sorted({m for cells in by_day.values() for m in cells})
     count_series = {m: [by_day.get(d, {}).get(m, {}).get("predictions", 0) for d in day_list]
                     for m in models}
-    money_series = {m: [by_day.get(d, {}).get(m, {}).get("charged", 0) / billing.MICROS
+    money_series = {m: [by_day.get(d, {}).get(m, {}).get("charged", 0) / MICROS
                         for d in day_list] for m in models}
     totals = []
     for m in models:

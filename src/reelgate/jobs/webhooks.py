@@ -19,16 +19,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelgate.errors import InvalidInput
 from reelgate.jobs.signing import scheme_for, signature_headers
 from reelgate.media.fetch import FetchPolicy, pinned_request, resolve_destination
 from reelgate.media.storage import Storage
-from reelgate.store.jobs import lease_free
 from reelgate.store.repo import Prediction, Store
-from reelgate.store.tables import accounts, utcnow, webhook_deliveries
+from reelgate.store.tables import utcnow
+from reelgate.store.webhooks import Delivery, WebhookStore
 
 log = logging.getLogger("reelgate.webhooks")
 
@@ -44,53 +42,25 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-async def account_secret(engine: AsyncEngine, account_id: str) -> str:
-    """The account's signing secret, made on first use (the conditional UPDATE makes two
-    concurrent first uses agree on one secret)."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            update(accounts)
-            .where(accounts.c.id == account_id, accounts.c.webhook_secret.is_(None))
-            .values(webhook_secret=new_secret())
-        )
-        row = (
-            await conn.execute(select(accounts.c.webhook_secret).where(accounts.c.id == account_id))
-        ).first()
-    assert row is not None
-    return str(row[0])
-
-
-async def account_scheme(engine: AsyncEngine, account_id: str, dialect: str = "v3") -> str:
-    """The scheme the account's webhooks are signed with (its choice, or the default of the
-    dialect the prediction came through)."""
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(select(accounts.c.webhook_scheme).where(accounts.c.id == account_id))
-        ).first()
-    return scheme_for(row[0] if row else None, dialect)
-
-
 def retry_delay(attempts: int, base_s: float) -> float:
     return float(min(MAX_DELAY_S, base_s * 2 ** max(0, attempts - 1)))
 
 
-def delivery_view(row: Any) -> dict[str, Any]:
-    m = row._mapping
-
+def delivery_view(d: Delivery) -> dict[str, Any]:
     def iso(v: datetime | None) -> str | None:
         return v.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if v else None
 
     return {
-        "id": m["id"],
-        "prediction_id": m["prediction_id"],
-        "url": m["url"],
-        "status": m["status"],
-        "attempts": m["attempts"],
-        "last_status_code": m["last_status_code"],
-        "last_error": m["last_error"],
-        "next_attempt_at": iso(m["next_attempt_at"]) if m["status"] == "pending" else None,
-        "created_at": iso(m["created_at"]),
-        "delivered_at": iso(m["delivered_at"]),
+        "id": d.id,
+        "prediction_id": d.prediction_id,
+        "url": d.url,
+        "status": d.status,
+        "attempts": d.attempts,
+        "last_status_code": d.last_status_code,
+        "last_error": d.last_error,
+        "next_attempt_at": iso(d.next_attempt_at) if d.status == "pending" else None,
+        "created_at": iso(d.created_at),
+        "delivered_at": iso(d.delivered_at),
     }
 
 
@@ -108,7 +78,7 @@ class WebhookSender:
         timeout_s: float,
     ) -> None:
         self.store = store
-        self.engine = store.engine
+        self.rows = WebhookStore(store)
         self.storage = storage
         self.policy = policy
         self.payload = payload
@@ -133,47 +103,23 @@ class WebhookSender:
             except TimeoutError:
                 pass
 
+    async def secret(self, account_id: str) -> str:
+        """The account's signing secret, made on first use."""
+        return await self.rows.secret(account_id, new_secret())
+
+    async def scheme(self, account_id: str, dialect: str = "v3") -> str:
+        """The scheme the account's webhooks are signed with (its choice, or the default of
+        the dialect the prediction came through)."""
+        return scheme_for(await self.rows.scheme(account_id), dialect)
+
     async def deliver_due(self, limit: int = 50) -> int:
-        now = utcnow()
-        async with self.engine.connect() as conn:
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(webhook_deliveries.c.id)
-                    .where(
-                        webhook_deliveries.c.status == "pending",
-                        webhook_deliveries.c.next_attempt_at <= now,
-                        lease_free(webhook_deliveries, now),
-                    )
-                    .order_by(webhook_deliveries.c.next_attempt_at)
-                    .limit(limit)
-                )
-            ]
-        claimed = [i for i in ids if await self._claim(i)]
+        ids = await self.rows.due(limit)
+        claimed = [i for i in ids if await self.rows.claim(i, CLAIM_S)]
         await asyncio.gather(*(self._deliver(i) for i in claimed))
         return len(claimed)
 
-    async def _claim(self, delivery_id: str) -> bool:
-        now = utcnow()
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(webhook_deliveries)
-                .where(
-                    webhook_deliveries.c.id == delivery_id,
-                    webhook_deliveries.c.status == "pending",
-                    lease_free(webhook_deliveries, now),
-                )
-                .values(lease_expires_at=now + timedelta(seconds=CLAIM_S))
-            )
-        return result.rowcount == 1
-
     async def _deliver(self, delivery_id: str) -> None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
-                )
-            ).first()
+        row = await self.rows.get(delivery_id)
         if row is None:
             return
         pred = await self.store.get(row.prediction_id)
@@ -185,8 +131,8 @@ class WebhookSender:
         base = self.public_base_url or pred.base_url or ""
         assert self.payload is not None  # Services.open refuses workers without one
         body = json.dumps(self.payload(pred, base, self.storage), separators=(",", ":"))
-        secret = await account_secret(self.engine, pred.account_id)
-        scheme = await account_scheme(self.engine, pred.account_id, pred.dialect)
+        secret = await self.secret(pred.account_id)
+        scheme = await self.scheme(pred.account_id, pred.dialect)
         status_code: int | None = None
         error = ""
         try:
@@ -243,27 +189,11 @@ class WebhookSender:
         error: str,
         status_code: int | None = None,
     ) -> None:
-        now = utcnow()
-        values: dict[str, Any] = {
-            "attempts": attempts,
-            "last_status_code": status_code,
-            "last_error": error,
-            "lease_expires_at": None,
-        }
-        if ok:
-            values.update(status="delivered", delivered_at=now, next_attempt_at=None)
-        elif final:
-            values.update(status="failed", next_attempt_at=None)
-        else:
-            values["next_attempt_at"] = now + timedelta(
-                seconds=retry_delay(attempts, self.retry_base_s)
-            )
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == delivery_id)
-                .values(**values)
-            )
+        next_at = None
+        if not final:
+            next_at = utcnow() + timedelta(seconds=retry_delay(attempts, self.retry_base_s))
+        await self.rows.record(delivery_id, attempts, status_code=status_code, error=error,
+                               delivered=ok, failed=final and not ok, next_attempt_at=next_at)
 
     # --- for the API -----------------------------------------------------------------------
 
@@ -274,42 +204,11 @@ class WebhookSender:
         status: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        cond = [webhook_deliveries.c.account_id == account_id]
-        if prediction_id:
-            cond.append(webhook_deliveries.c.prediction_id == prediction_id)
-        if status:
-            cond.append(webhook_deliveries.c.status == status)
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(webhook_deliveries)
-                    .where(and_(*cond))
-                    .order_by(webhook_deliveries.c.created_at.desc())
-                    .limit(limit)
-                )
-            ).all()
-        return [delivery_view(r) for r in rows]
+        return [delivery_view(d) for d in
+                await self.rows.list(account_id, prediction_id, status, limit)]
 
     async def retry(self, account_id: str, delivery_id: str) -> dict[str, Any] | None:
         """Send a delivery again now, with a fresh series of attempts."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(webhook_deliveries)
-                .where(
-                    webhook_deliveries.c.id == delivery_id,
-                    webhook_deliveries.c.account_id == account_id,
-                )
-                .values(
-                    status="pending", attempts=0, next_attempt_at=utcnow(), lease_expires_at=None
-                )
-            )
-            row = (
-                await conn.execute(
-                    select(webhook_deliveries).where(
-                        webhook_deliveries.c.id == delivery_id,
-                        webhook_deliveries.c.account_id == account_id,
-                    )
-                )
-            ).first()
+        row = await self.rows.retry(account_id, delivery_id)
         self.wakeup.set()
         return delivery_view(row) if row else None

@@ -10,22 +10,21 @@ the PUT and the create may reach different API processes on different machines."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
-
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reelgate.errors import ApiError, InvalidInput
 from reelgate.media.images import check_image
 from reelgate.media.storage import Storage, StorageKeyMissing, UrlSigner
 from reelgate.store.repo import new_id
-from reelgate.store.tables import uploads, utcnow
+from reelgate.store.tables import utcnow
+from reelgate.store.uploads import Upload, UploadStore
 
 # What an upload may be: the image types the fetcher and the backends accept.
 CONTENT_TYPES = {
@@ -71,12 +70,17 @@ def content_type_for(filename: str, declared: str | None) -> str:
     return ctype
 
 
+def _view(record: Upload) -> dict[str, Any]:
+    # The routes and pages read an upload as a mapping of its fields.
+    return dataclasses.asdict(record)
+
+
 class Uploads:
     def __init__(
-        self, engine: AsyncEngine, root: Path, signer: UrlSigner, limits: UploadLimits,
+        self, rows: UploadStore, root: Path, signer: UrlSigner, limits: UploadLimits,
         storage: Storage,
     ) -> None:
-        self.engine = engine
+        self.rows = rows
         # Where uploads lived before they went through the storage; still read from, so
         # links handed out before an upgrade keep working until they expire.
         self.root = root
@@ -127,18 +131,11 @@ class Uploads:
     # --- the flow --------------------------------------------------------------------------
 
     async def _check_quota(self, account_id: str, size: int) -> None:
-        async with self.engine.connect() as conn:
-            used = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(uploads.c.size), 0)).where(
-                        uploads.c.account_id == account_id, uploads.c.expires_at > utcnow()
-                    )
-                )
-            ).scalar_one()
-        if int(used) + size > self.limits.quota_bytes:
+        used = await self.rows.bytes_in_use(account_id)
+        if used + size > self.limits.quota_bytes:
             raise ApiError(
                 403,
-                f"Upload quota exceeded: {int(used)} of {self.limits.quota_bytes} bytes in use "
+                f"Upload quota exceeded: {used} of {self.limits.quota_bytes} bytes in use "
                 "by uploads that have not expired yet",
             )
 
@@ -157,27 +154,13 @@ class Uploads:
         ctype = content_type_for(filename, content_type)
         self._check_size(size)
         await self._check_quota(account_id, size)
-        upload_id = new_id()
-        now = utcnow()
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(uploads).values(
-                    id=upload_id,
-                    account_id=account_id,
-                    filename=filename,
-                    content_type=ctype,
-                    size=size,
-                    status="pending",
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=self.limits.ttl_s),
-                )
-            )
-        return await self.get(upload_id)  # type: ignore[return-value]
+        return _view(await self.rows.insert(
+            account_id=account_id, filename=filename, content_type=ctype, size=size,
+            status="pending", ttl_s=self.limits.ttl_s))
 
     async def get(self, upload_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(uploads).where(uploads.c.id == upload_id))).first()
-        return dict(row._mapping) if row else None
+        record = await self.rows.get(upload_id)
+        return _view(record) if record else None
 
     async def receive(self, upload_id: str, chunks: Any) -> dict[str, Any]:
         """Store the PUT body of a pending upload: exactly the declared size, an image."""
@@ -198,10 +181,7 @@ class Uploads:
                 "body", f"has {len(body)} bytes but the upload declared {record['size']}"
             )
         await self._store(upload_id, bytes(body), record["content_type"])
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(uploads).where(uploads.c.id == upload_id).values(status="ready")
-            )
+        await self.rows.mark_ready(upload_id)
         return record
 
     async def create_ready(
@@ -214,21 +194,9 @@ class Uploads:
         await self._check_quota(account_id, len(data))
         upload_id = new_id()
         await self._store(upload_id, data, ctype, field="file")
-        now = utcnow()
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(uploads).values(
-                    id=upload_id,
-                    account_id=account_id,
-                    filename=filename,
-                    content_type=ctype,
-                    size=len(data),
-                    status="ready",
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=self.limits.ttl_s),
-                )
-            )
-        return await self.get(upload_id)  # type: ignore[return-value]
+        return _view(await self.rows.insert(
+            account_id=account_id, filename=filename, content_type=ctype, size=len(data),
+            status="ready", ttl_s=self.limits.ttl_s, upload_id=upload_id))
 
     async def _store(self, upload_id: str, data: bytes, content_type: str,
                      field: str = "body") -> None:
@@ -266,18 +234,9 @@ class Uploads:
 
     async def purge_expired(self) -> int:
         """Delete expired uploads' files and rows; returns how many went."""
-        now = utcnow()
-        async with self.engine.connect() as conn:
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(uploads.c.id).where(uploads.c.expires_at <= now).limit(500)
-                )
-            ]
+        ids = await self.rows.expired(limit=500)
         for upload_id in ids:
             await self.storage.delete(self.key(upload_id))
             self.path(upload_id).unlink(missing_ok=True)
-        if ids:
-            async with self.engine.begin() as conn:
-                await conn.execute(uploads.delete().where(uploads.c.id.in_(ids)))
+        await self.rows.delete(ids)
         return len(ids)

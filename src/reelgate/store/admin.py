@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import case, func, select, update
 
-from reelgate import billing
 from reelgate.errors import ApiError, NotFound
+from reelgate.money import format_money
+from reelgate.store import ledger as ledger_sql
 from reelgate.store.repo import Store
 from reelgate.store.tables import (
     COMPLETED,
@@ -33,7 +34,7 @@ def _account(row: Any) -> dict[str, Any]:
     return {
         "id": m["id"],
         "name": m["name"],
-        "balance": billing.format_money(m["balance"]),
+        "balance": format_money(m["balance"]),
         "balance_micros": int(m["balance"]),
         "rate_per_minute": m["rate_per_minute"],
         "max_concurrent": m["max_concurrent"],
@@ -181,7 +182,7 @@ class AdminStore:
 
     async def adjust_balance(self, account_id: str, amount: int, note: str) -> dict[str, Any]:
         async with self.engine.begin() as conn:
-            await billing.adjust(conn, account_id=account_id, amount=amount, note=note)
+            await ledger_sql.adjust(conn, account_id=account_id, amount=amount, note=note)
         return await self.get_account(account_id)
 
     async def ledger(
@@ -203,10 +204,10 @@ class AdminStore:
             {
                 "id": r.id,
                 "kind": r.kind,
-                "amount": billing.format_money(r.amount),
+                "amount": format_money(r.amount),
                 "amount_micros": int(r.amount),
                 "delta_micros": int(r.delta),
-                "balance_after": billing.format_money(r.balance_after),
+                "balance_after": format_money(r.balance_after),
                 "prediction_id": r.prediction_id,
                 "model": r.model,
                 "note": r.note,
@@ -264,7 +265,7 @@ class AdminStore:
                 "completed": int(r.completed or 0),
                 "failed": int(r.failed or 0),
                 "video_seconds": int(r.video_seconds or 0),
-                "charged": billing.format_money(int(r.charged or 0)),
+                "charged": format_money(int(r.charged or 0)),
                 "charged_micros": int(r.charged or 0),
             }
             for r in rows

@@ -2,7 +2,7 @@
 
 Each create is the same three steps, atomic per create: take a concurrency slot on the key
 (a conditional UPDATE), hold the price on the account (a conditional UPDATE and a ledger
-row; see billing.py), insert the row. A refused step leaves nothing of that create behind,
+row; see store/ledger.py), insert the row. A refused step leaves nothing of that create behind,
 and other creates in the same transaction are not affected. Creates arriving while a batch
 is being written wait for it and go together in the next one, so under load one commit
 (and, on SQLite, one fsync) serves many creates, and nobody is answered before the
@@ -48,8 +48,9 @@ from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from reelgate import billing
 from reelgate.errors import ApiError
+from reelgate.money import InsufficientBalance
+from reelgate.store import ledger as ledger_sql
 from reelgate.store.tables import accounts, api_keys, ledger, predictions
 
 MAX_BATCH = 256
@@ -128,9 +129,9 @@ async def insert_one(conn: AsyncConnection, item: NewPrediction) -> Outcome:
     if result.rowcount != 1:
         return ConcurrencyLimited(item.max_concurrent or 0)
     try:
-        await billing.hold(conn, account_id=v["account_id"], prediction_id=v["id"],
-                           amount=item.price, model=v["model"])
-    except billing.InsufficientBalance as refused:
+        await ledger_sql.hold(conn, account_id=v["account_id"], prediction_id=v["id"],
+                              amount=item.price, model=v["model"])
+    except InsufficientBalance as refused:
         # The hold wrote nothing; give the slot back (exact: this transaction holds the
         # key row's lock, or SQLite's write lock, since the UPDATE above).
         await conn.execute(update(api_keys).where(api_keys.c.id == v["key_id"])
@@ -238,7 +239,7 @@ async def _insert_one_statement(engine: AsyncEngine, item: NewPrediction,
                            .values(running=api_keys.c.running - 1))
         left = (await conn.execute(select(accounts.c.balance)
                                    .where(accounts.c.id == v["account_id"]))).scalar()
-        return billing.InsufficientBalance(item.price, int(left or 0))
+        return InsufficientBalance(item.price, int(left or 0))
 
 
 class _SqliteWriter:
@@ -292,7 +293,7 @@ class _SqliteWriter:
         return results
 
     def _one(self, conn: sqlite3.Connection, item: NewPrediction) -> Outcome:
-        # The same steps as insert_one (and billing.hold), in SQL on the driver.
+        # The same steps as insert_one (and store/ledger.hold), in SQL on the driver.
         v = item.values
         if v.get("idempotency_key") is not None:
             # Under the batch's write lock (BEGIN IMMEDIATE): exact against every other
@@ -319,7 +320,7 @@ class _SqliteWriter:
                              (v["key_id"],))
                 left = conn.execute("SELECT balance FROM accounts WHERE id = ?",
                                     (v["account_id"],)).fetchone()
-                return billing.InsufficientBalance(price, int(left[0]) if left else 0)
+                return InsufficientBalance(price, int(left[0]) if left else 0)
             cols, params = self._encode(self._ledger_bind, {
                 "account_id": v["account_id"], "prediction_id": v["id"], "kind": "hold",
                 "amount": price, "delta": -price, "balance_after": int(row[0]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
@@ -40,3 +40,9 @@ def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5,
         url, pool_size=max(1, pool_size), max_overflow=max(0, max_overflow),
         pool_timeout=pool_timeout_s, pool_pre_ping=True,
     )
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """One round trip to the database (readiness checks); raises if it cannot be reached."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

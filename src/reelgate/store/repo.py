@@ -15,8 +15,7 @@ from sqlalchemy import func, insert, literal, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from reelgate import billing
-from reelgate.store import jobs
+from reelgate.store import jobs, ledger
 from reelgate.store.creates import (  # noqa: F401 (ConcurrencyLimited, IdempotencyConflict re-exported)
     ConcurrencyLimited,
     CreateBatcher,
@@ -238,10 +237,7 @@ class Store:
 
     async def balance(self, account_id: str) -> int:
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(accounts.c.balance).where(accounts.c.id == account_id))
-            ).first()
-        return int(row[0]) if row else 0
+            return await ledger.balance(conn, account_id)
 
     # --- predictions ---------------------------------------------------------------------
 
@@ -582,7 +578,7 @@ class Store:
                 .where(api_keys.c.id == ended.key_id, api_keys.c.running > 0)
                 .values(running=api_keys.c.running - 1)
             )
-            await billing.settle(
+            await ledger.settle(
                 conn,
                 account_id=ended.account_id,
                 prediction_id=prediction_id,

@@ -63,7 +63,7 @@ accounts = Table(
     Column("name", String(200), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     # Available balance in micro-units of the operator's currency (1 USD = 1_000_000).
-    # It moves only together with a ledger entry, in the same transaction (billing.py).
+    # It moves only together with a ledger entry, in the same transaction (store/ledger.py).
     Column("balance", BigInteger, nullable=False, server_default="0"),
     # Per-account limits; NULL means the server's default.
     Column("rate_per_minute", Integer, nullable=True),

@@ -7,9 +7,10 @@ import base64
 import json
 from typing import Any
 
-from reelgate import billing, catalog
+from reelgate import catalog
 from reelgate.errors import ApiError
 from reelgate.media.storage import Storage, TooLarge
+from reelgate.money import format_money
 from reelgate.store.repo import Prediction
 from reelgate.store.tables import COMPLETED, FAILED
 
@@ -40,7 +41,7 @@ def prediction_data(pred: Prediction, base_url: str, storage: Storage) -> dict[s
         # Which API the prediction was asked through (v3, google, openai), and what it costs
         # the caller: the held price while unfinished or once completed, 0 once refunded.
         "dialect": pred.dialect,
-        "cost": billing.format_money(pred.price if pred.status not in (FAILED, "cancelled")
+        "cost": format_money(pred.price if pred.status not in (FAILED, "cancelled")
                                      else 0),
     }
     if pred.progress is not None:

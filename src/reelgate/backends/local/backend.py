@@ -234,7 +234,7 @@ class LocalBackend(BackendBase):
     def price(self, job: Job) -> int | None:
         # Per second of video at the operator's price for its GPUs (the models file's
         # price_per_second, or a REELGATE_PRICES override), with the markup.
-        from reelgate.billing import PriceTable
+        from reelgate.accounts.prices import PriceTable
 
         return PriceTable.from_settings(self.settings).price(
             job.model, job.resolution, job.duration, job.generate_audio)

@@ -285,7 +285,7 @@ def accounts_credit(
     note: str = typer.Option("", help="Why (kept in the ledger)."),
 ) -> None:
     """Add to (or, with a negative amount, take from) an account's balance."""
-    from reelgate.api.admin import parse_money
+    from reelgate.money import parse_money
 
     async def go(admin: AdminStore) -> dict[str, Any]:
         from reelgate.accounts.ledger import top_up
@@ -348,7 +348,7 @@ def accounts_ledger(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The account's ledger: credits, holds, captures, releases."""
-    from reelgate.api.admin import date_range
+    from reelgate.accounts.usage import date_range
 
     async def go(admin: AdminStore) -> list[dict[str, Any]]:
         start, end = date_range(since, until)
@@ -369,7 +369,7 @@ def accounts_usage(
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
 ) -> None:
     """Usage per account and model for a date range."""
-    from reelgate.api.admin import date_range, to_csv
+    from reelgate.accounts.usage import date_range, to_csv
 
     async def go(admin: AdminStore) -> list[dict[str, Any]]:
         start, end = date_range(since, until)

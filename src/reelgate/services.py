@@ -9,10 +9,12 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 from reelgate.backends import Backend, build_backends
+from reelgate.backends.registry import concurrency_of
 from reelgate.jobs.dispatch import (
     Dispatch,
     LocalDispatch,
@@ -187,7 +189,7 @@ class Services:
             # Each backend runs as many predictions at once as the operator set for it, else
             # as it declares, else the settings' default for it; in either dispatcher.
             pool = WorkerPool(runner, store, backends=services.backends,
-                              default_concurrency=settings.concurrency_for,
+                              default_concurrency=partial(concurrency_of, settings=settings),
                               concurrency_overrides=settings.backend_concurrency,
                               lease_ttl_s=settings.lease_ttl_s,
                               reconcile_interval_s=settings.reconcile_interval_s)

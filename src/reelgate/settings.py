@@ -230,18 +230,6 @@ class Settings(BaseSettings):
             names.add("local")
         return sorted(names)
 
-    def concurrency_for(self, backend: str) -> int:
-        """Jobs of ``backend`` one worker process runs at once: the operator's number for it,
-        else what the backend declares (backends/registry.py)."""
-        from reelgate.backends.registry import NotConfigured, concurrency_for, intake_backend
-
-        if backend in self.backend_concurrency:
-            return max(1, self.backend_concurrency[backend])
-        try:
-            return concurrency_for(intake_backend(backend, self), self)
-        except NotConfigured:
-            return 1
-
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:

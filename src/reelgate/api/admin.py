@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import hmac
-import io
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -14,9 +10,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from reelgate.accounts.ledger import top_up
+from reelgate.accounts.usage import date_range, to_csv
 from reelgate.api.auth import bearer_secret
 from reelgate.errors import ApiError, InvalidInput, Unauthorized
-from reelgate.money import MICROS
+from reelgate.money import MAX_MICROS, parse_money
 from reelgate.store.admin import AdminStore
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"])
@@ -33,62 +30,11 @@ async def require_admin(request: Request) -> AdminStore:
     return AdminStore(services.store)
 
 
-def parse_money(value: str | int | float | None, micros: int | None) -> int:
-    """Exact decimal money ("12.50") to micro-units; floats are refused by design."""
-    if micros is not None:
-        return micros
-    if value is None:
-        raise InvalidInput("amount", 'is required (a decimal string such as "10.00")')
-    if isinstance(value, float):
-        raise InvalidInput("amount", 'must be a decimal string such as "10.00", not a float')
-    if isinstance(value, str) and len(value) > 40:
-        raise InvalidInput("amount", "is too long for an amount")
-    try:
-        d = Decimal(str(value))
-    except InvalidOperation:
-        raise InvalidInput("amount", f"is not a decimal number: {str(value)[:40]!r}") from None
-    if not d.is_finite() or abs(d) > MAX_MICROS // MICROS:
-        raise InvalidInput("amount", f"must be a finite amount of at most "
-                           f"{MAX_MICROS // MICROS}")
-    scaled = d * MICROS
-    if scaled != scaled.to_integral_value():
-        raise InvalidInput("amount", "has more than 6 decimal places")
-    return int(scaled)
-
-
-def parse_day(value: str | None, field: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        # In UTC now, so a far-off offset cannot overflow later inside the database driver.
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise InvalidInput(field, "must be a date (YYYY-MM-DD) or an ISO 8601 time between "
-                           "years 1 and 9999") from None
-
-
-def date_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
-    start = parse_day(since, "from")
-    end = parse_day(until, "to")
-    # A plain date as the end means "through that day".
-    if until and len(until) == 10 and end is not None:
-        try:
-            end += timedelta(days=1)
-        except OverflowError:
-            end = None  # through 9999-12-31: no upper bound at all
-    return start, end
-
-
 # Strict: `true` is not a rate and "1" is not a limit; bounded so every value fits the
 # database's integer columns.
 _STRICT = ConfigDict(strict=True)
 _RATE = Field(None, ge=0, le=10**9, description="Requests per minute (0: the server default)")
 _CONCURRENT = Field(None, ge=0, le=10**6, description="Predictions at once (0: the default)")
-MAX_MICROS = 10**15
 
 
 class AccountIn(BaseModel):
@@ -221,19 +167,3 @@ async def blocks(admin: AdminStore = Depends(require_admin)) -> Any:
     return await admin.policy_blocks()
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    columns = [
-        "account_id",
-        "account",
-        "model",
-        "predictions",
-        "completed",
-        "failed",
-        "video_seconds",
-        "charged",
-    ]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()

@@ -10,28 +10,10 @@ from fastapi import APIRouter, Request
 from reelgate import catalog
 from reelgate.api.v3.present import envelope
 from reelgate.backends import NotConfigured, backend_for, intake_backend
+from reelgate.backends.registry import offered_durations, offered_resolutions
 from reelgate.settings import Settings
 
 router = APIRouter(prefix="/api/v3")
-
-
-def offered_resolutions(model: str, backend: str, settings: Settings) -> list[str]:
-    """The catalog's resolutions that ``backend`` can deliver for ``model``, in the
-    catalog's order; every resolution when the backend is not set up here."""
-    try:
-        offered = intake_backend(backend, settings).capabilities(model).resolutions
-    except NotConfigured:
-        return list(catalog.RESOLUTIONS)
-    return [r for r in catalog.RESOLUTIONS if r in offered]
-
-
-def offered_durations(model: str, backend: str, settings: Settings) -> list[int]:
-    """The durations ``backend`` makes for ``model`` (a local model's own rules, else
-    Veo's); the catalog's when the backend is not set up here."""
-    try:
-        return list(intake_backend(backend, settings).capabilities(model).durations)
-    except NotConfigured:
-        return list(catalog.DURATIONS)
 
 
 def _described(model: str, backend: str, settings: Settings) -> dict[str, Any]:

@@ -34,6 +34,9 @@ __all__ = [
     "build_backends",
     "check_request",
     "concurrency_for",
+    "concurrency_of",
+    "offered_durations",
+    "offered_resolutions",
     "intake_backend",
     "register",
     "registered",
@@ -201,7 +204,41 @@ def cancellable_backends(settings: Settings) -> tuple[str, ...]:
     return tuple(names)
 
 
+def concurrency_of(name: str, settings: Settings) -> int:
+    """Jobs of the backend called ``name`` one worker process runs at once: the operator's
+    number for it, else what the backend declares; 1 for a backend not set up here."""
+    if name in settings.backend_concurrency:
+        return max(1, settings.backend_concurrency[name])
+    try:
+        return concurrency_for(intake_backend(name, settings), settings)
+    except NotConfigured:
+        return 1
+
+
 def concurrency_for(backend: Backend, settings: Settings) -> int:
     """Jobs of ``backend`` one worker process runs at once: the operator's number for it
     (REELGATE_BACKEND_CONCURRENCY), else what the backend declares."""
     return max(1, settings.backend_concurrency.get(backend.name, backend.concurrency))
+
+
+def offered_resolutions(model: str, backend: str, settings: Settings) -> list[str]:
+    """The catalog's resolutions that ``backend`` can deliver for ``model``, in the
+    catalog's order; every resolution when the backend is not set up here."""
+    from reelgate import catalog
+
+    try:
+        offered = intake_backend(backend, settings).capabilities(model).resolutions
+    except NotConfigured:
+        return list(catalog.RESOLUTIONS)
+    return [r for r in catalog.RESOLUTIONS if r in offered]
+
+
+def offered_durations(model: str, backend: str, settings: Settings) -> list[int]:
+    """The durations ``backend`` makes for ``model`` (a local model's own rules, else
+    Veo's); the catalog's when the backend is not set up here."""
+    from reelgate import catalog
+
+    try:
+        return list(intake_backend(backend, settings).capabilities(model).durations)
+    except NotConfigured:
+        return list(catalog.DURATIONS)

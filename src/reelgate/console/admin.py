@@ -13,9 +13,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from reelgate import catalog
 from reelgate.accounts.ledger import top_up
-from reelgate.api.admin import date_range, parse_money, to_csv
+from reelgate.accounts.usage import date_range, to_csv
 from reelgate.backends import backend_for
 from reelgate.errors import ApiError
+from reelgate.money import parse_money
 from reelgate.store.admin import AdminStore
 from reelgate.store.console import ConsoleStore
 

@@ -301,7 +301,7 @@ def field_spec(model: str, scene: str, request: Request, key: KeyRecord) -> dict
     (from the catalog, and for Google-served models what the mapped Google model can make)."""
     settings = services_of(request).settings
     m = catalog.MODELS[model]
-    from reelgate.api.models import offered_resolutions
+    from reelgate.backends.registry import offered_resolutions
 
     backend = backend_for(model, settings)
     resolutions = offered_resolutions(model, backend, settings) or list(catalog.RESOLUTIONS)
@@ -689,7 +689,7 @@ async def _own_or_404(request: Request, v: Viewer, prediction_id: str) -> Predic
 
 @router.get("/history", response_class=HTMLResponse)
 async def history(request: Request) -> Response:
-    from reelgate.api.admin import date_range
+    from reelgate.accounts.usage import date_range
 
     v = await viewer(request)
     assert v.key is not None

@@ -232,12 +232,10 @@ class LocalBackend(BackendBase):
         check_local_request(job)
 
     def price(self, job: Job) -> int | None:
-        # Per second of video at the operator's price for its GPUs (the models file's
-        # price_per_second, or a REELGATE_PRICES override), with the markup.
-        from reelgate.accounts.prices import PriceTable
-
-        return PriceTable.from_settings(self.settings).price(
-            job.model, job.resolution, job.duration, job.generate_audio)
+        # None: the price table prices local models already (per second at the operator's
+        # price for its GPUs: the models file's price_per_second, or a REELGATE_PRICES
+        # override, with the markup), and a backend never imports the accounts above it.
+        return None
 
     def describe(self, model: str) -> dict[str, Any]:
         m = config_for(model)

@@ -140,9 +140,10 @@ class MixedBackend(BackendBase):
         tried: set[str] = set()
         last: BackendError | None = None
         while len(tried) < len(self.members):
-            name = await self._take(tried)
-            if name is None:
+            taken = await self._take(tried)
+            if taken is None:
                 break
+            name = taken
             tried.add(name)
             wrote: dict[str, bool] = {}
             ok = False

@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -331,6 +331,8 @@ def _reference_frames(
     left, right = gap, width - gap
     n = len(refs)
     landscape = width >= height
+    cell_w: float
+    cell_h: float
     if landscape:
         cell_w, cell_h = (right - left - (n - 1) * gap) / n, bottom - top
     else:
@@ -355,13 +357,13 @@ def _reference_frames(
     for i in range(frame_count):
         seconds = i / fps
         frame = background.at(seconds)
-        for (card, x, y), (px, py) in zip(cards, phases, strict=True):
+        for (pixels, x, y), (px, py) in zip(cards, phases, strict=True):
             dx = round(drift * math.sin(speed * seconds + px))
             dy = round(drift * math.sin(speed * 0.8 * seconds + py))
-            ch, cw = card.shape[:2]
+            ch, cw = pixels.shape[:2]
             x0 = min(max(0, x + dx), width - cw)
             y0 = min(max(0, y + dy), height - ch)
-            frame[y0 : y0 + ch, x0 : x0 + cw] = card
+            frame[y0 : y0 + ch, x0 : x0 + cw] = pixels
         yield frame
 
 
@@ -702,10 +704,11 @@ class SandboxBackend(BackendBase):
             return out_path
         # The job's callbacks (checkpoint, intend, ...) are closures over the runner: not for
         # another process, and unused here (the sandbox has no upstream). Only data crosses.
-        portable = dataclasses.replace(job, **{
+        callbacks: dict[str, Any] = {
             f.name: _no_upstream for f in dataclasses.fields(job)
             if callable(getattr(job, f.name))
-        })
+        }
+        portable = dataclasses.replace(job, **callbacks)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor(), _render_in_child, portable, out_path,

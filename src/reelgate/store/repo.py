@@ -348,8 +348,9 @@ class Store:
             return earlier
         # The row is exactly what was inserted: no need to read it back.
         fields = Prediction.__dataclass_fields__
-        return Prediction(**{k: v for k, v in values.items() if k in fields},
-                          **{k: None for k in fields if k not in values and k in _NULLABLE})
+        given: dict[str, Any] = {k: v for k, v in values.items() if k in fields}
+        given.update({k: None for k in fields if k not in values and k in _NULLABLE})
+        return Prediction(**given)
 
     async def get(self, prediction_id: str, *, account_id: str | None = None) -> Prediction | None:
         query = select(predictions).where(predictions.c.id == prediction_id)

@@ -30,8 +30,9 @@ from reelgate.store.repo import KeyRecord, Prediction
 router = APIRouter(prefix="/api/v3", responses=ERROR_RESPONSES)
 
 # A read that would carry a video over the enable_base64_output limit.
-TOO_LARGE = {413: {"model": ErrorBody, "description": "enable_base64_output: the video is over "
-                   "REELGATE_BASE64_OUTPUT_MAX_BYTES; the message says how to get its URL"}}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {413: {
+    "model": ErrorBody, "description": "enable_base64_output: the video is over "
+    "REELGATE_BASE64_OUTPUT_MAX_BYTES; the message says how to get its URL"}}
 
 # What every create route (Veo models and the operator's local ones) documents and answers.
 CREATE_ROUTE: dict[str, Any] = dict(

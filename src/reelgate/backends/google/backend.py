@@ -648,7 +648,8 @@ class GoogleBackend(BackendBase):
         from google.genai import types
 
         gs = self.gs
-        current = op or types.GenerateVideosOperation(name=operation)
+        # name= is a field of the SDK's operation model that its stubs do not declare.
+        current = op or types.GenerateVideosOperation(name=operation)  # type: ignore[call-arg]
         delay = gs.poll_initial_s if started else 0.0
         deadline = time.monotonic() + gs.max_wait_s
         while not current.done:

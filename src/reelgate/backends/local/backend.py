@@ -86,7 +86,7 @@ class PipelineCache:
 
     def __init__(self, device: str) -> None:
         self.device = device
-        self._pipes: dict[tuple[str, str], Any] = {}
+        self._pipes: dict[tuple[str, str, str], Any] = {}
         self._lock = threading.Lock()
 
     def get(self, m: LocalModelConfig, scene: str) -> Any:

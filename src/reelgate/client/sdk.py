@@ -666,11 +666,10 @@ class Client(_Base):
 
         Each read is a long-poll (``?wait=``, up to ``long_poll`` seconds): the server
         answers the moment the prediction ends, so one request covers many seconds (with
-        ``on_progress``, reads are held only once the prediction has started, so the
-        callback sees it start). When a
-        read comes back early and unfinished (a server that does not hold requests), the
-        next one waits for the server's Retry-After hint, or ``poll_interval``, whichever is
-        longer. ``on_progress`` is called with the prediction after every read (the first
+        ``on_progress``, each read is held at most ``poll_interval``, so the callback sees
+        the prediction start and its steps). When a read comes back early and unfinished
+        (a server that does not hold requests), the next one waits for the server's
+        Retry-After hint, or ``poll_interval``, whichever is longer. ``on_progress`` is called with the prediction after every read (the first
         one included). Raises ``PredictionFailed`` when it ended failed or cancelled
         (unless ``raise_on_failure=False``), ``WaitTimeout`` after ``timeout`` seconds.
         Transient errors (429, 5xx, a dropped connection) are retried, honouring
@@ -690,7 +689,7 @@ class Client(_Base):
                 raise WaitTimeout(current, timeout or 0)
             if delay:
                 time.sleep(min(delay, remaining))
-            window = _window(long_poll, deadline, current, on_progress)
+            window = _window(long_poll, deadline, current, on_progress, poll_interval)
             try:
                 started = time.monotonic()
                 current, hint = self._get(current.id, window)
@@ -825,21 +824,22 @@ def _create_backoff(attempt: int) -> float:
 
 
 def _window(long_poll: float, deadline: float | None, current: Prediction,
-            on_progress: Any) -> float:
+            on_progress: Any, poll_interval: float) -> float:
     """How long the next read may be held: the long-poll window (0: plain polling), never
-    past the deadline. A held read answers at the end only, so while a prediction has not
-    started and someone shows progress, reads are not held: the display sees it start."""
-    if on_progress is not None and current.status == "created":
-        return 0.0
-    if deadline is None or long_poll <= 0:
-        return long_poll
-    return max(0.0, min(long_poll, deadline - time.monotonic()))
+    past the deadline. A held read answers at the end only, so while someone shows progress
+    each read is held at most ``poll_interval`` (the refresh rate asked for): the display
+    sees the prediction start and its steps, and still hears of its end at once."""
+    window = long_poll if on_progress is None else min(long_poll, poll_interval)
+    if deadline is None or window <= 0:
+        return window
+    return max(0.0, min(window, deadline - time.monotonic()))
 
 
 def _next_delay(started: float, window: float, poll_interval: float,
                 hint: float | None) -> float:
     """Pause before the next read. None after a read the server held (the hold was the
-    pause); after one answered early and unfinished, the server's hint or poll_interval."""
+    pause); after one answered early and unfinished, the server's hint or poll_interval.
+    """
     if time.monotonic() - started >= window * 0.5 and window > 0:
         return 0.0
     return max(poll_interval, hint or 0.0)
@@ -952,7 +952,7 @@ class AsyncClient(_Base):
                 raise WaitTimeout(current, timeout or 0)
             if delay:
                 await asyncio.sleep(min(delay, remaining))
-            window = _window(long_poll, deadline, current, on_progress)
+            window = _window(long_poll, deadline, current, on_progress, poll_interval)
             try:
                 started = time.monotonic()
                 current, hint = await self._get(current.id, window)

@@ -667,13 +667,13 @@ class Client(_Base):
         Each read is a long-poll (``?wait=``, up to ``long_poll`` seconds): the server
         answers the moment the prediction ends, so one request covers many seconds (with
         ``on_progress``, each read is held at most ``poll_interval``, so the callback sees
-        the prediction start and its steps). When a read comes back early and unfinished
-        (a server that does not hold requests), the next one waits for the server's
-        Retry-After hint, or ``poll_interval``, whichever is longer. ``on_progress`` is
-        called with the prediction after every read (the first one included). Raises ``PredictionFailed`` when it ended failed or cancelled
-        (unless ``raise_on_failure=False``), ``WaitTimeout`` after ``timeout`` seconds.
-        Transient errors (429, 5xx, a dropped connection) are retried, honouring
-        Retry-After.
+        the prediction start and its steps). When a read comes back early and unfinished (a
+        server that does not hold requests), the next one waits for the server's Retry-After
+        hint, or ``poll_interval``, whichever is longer. ``on_progress`` is called with the
+        prediction after every read (the first one included). Raises ``PredictionFailed``
+        when it ended failed or cancelled (unless ``raise_on_failure=False``),
+        ``WaitTimeout`` after ``timeout`` seconds. Transient errors (429, 5xx, a dropped
+        connection) are retried, honouring Retry-After.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         current = prediction if isinstance(prediction, Prediction) else self.get(prediction)

@@ -139,7 +139,9 @@ def wrk_load(url: str, headers: dict[str, str], body: dict, seconds: float,
              else ['wrk.method = "GET"'])
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
-    out = subprocess.run(["wrk", f"-t{WRK_THREADS}", f"-c{concurrency}", f"-d{seconds:g}s",
+    # wrk takes whole seconds only ("-d3.3s" is an error).
+    duration = f"-d{max(1, round(seconds))}s"
+    out = subprocess.run(["wrk", f"-t{WRK_THREADS}", f"-c{concurrency}", duration,
                           "--latency", "-s", str(script), url], capture_output=True, text=True,
                          check=True).stdout
 

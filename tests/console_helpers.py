@@ -26,10 +26,14 @@ def admin(server: ServerProcess) -> httpx.Client:
                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
 
 
-def new_user(server: ServerProcess, name: str, credit: str | None = None) -> tuple[str, str]:
+def new_user(server: ServerProcess, name: str, credit: str | None = None,
+             max_concurrent: int | None = None) -> tuple[str, str]:
     """An account with one key; returns (account id, key)."""
     with admin(server) as a:
-        account = a.post("/accounts", json={"name": name})
+        body: dict[str, object] = {"name": name}
+        if max_concurrent is not None:
+            body["max_concurrent"] = max_concurrent
+        account = a.post("/accounts", json=body)
         assert account.status_code == 200, account.text
         account_id = account.json()["id"]
         key = a.post(f"/accounts/{account_id}/keys", json={"name": f"{name}-key"})

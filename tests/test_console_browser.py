@@ -155,7 +155,9 @@ def test_image_to_video_with_a_file_chosen_in_the_page(context: Any, srv: Server
 
 
 def test_history_filters_and_pages(context: Any, srv: ServerProcess, shots: Path) -> None:
-    _, key = new_user(srv, "history-user", credit="20.00")
+    # 22 creates in a row: more than the default 10 at once may be unfinished on a busy
+    # machine, and this test is about the history pages, not the concurrency limit.
+    _, key = new_user(srv, "history-user", credit="20.00", max_concurrent=50)
     api = srv.client(key)
     ok = api.post("/api/v3/google/veo3-fast/text-to-video",
                   json={"prompt": "a kite", "duration": 4}).json()["data"]["id"]
@@ -323,10 +325,20 @@ def test_a_user_cannot_open_another_users_prediction(browser: Any, srv: ServerPr
         ctx.close()
 
 
+def _settled(page: Any) -> None:
+    """No htmx request in flight and no swap settling."""
+    page.wait_for_function("!document.querySelector("
+                           "'.htmx-request, .htmx-swapping, .htmx-settling')")
+
+
 def test_images_can_be_dropped_on_the_form(context: Any, srv: ServerProcess) -> None:
     _, key = new_user(srv, "drop-user")
     page = sign_in(context, srv, key)
-    page.select_option("#model", "veo3.1")
+    # Each select swaps the form's fields (htmx): wait for one swap to settle before the next
+    # select, or a late swap for the model resets the scene chosen meanwhile.
+    with page.expect_response(lambda r: "/console/playground/fields" in r.url):
+        page.select_option("#model", "veo3.1")
+    _settled(page)
     page.wait_for_selector("#scene option[value=reference-to-video]", state="attached")
     page.select_option("#scene", "reference-to-video")
     page.wait_for_selector(".drop[data-name=images]")

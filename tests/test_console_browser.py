@@ -362,6 +362,8 @@ def test_images_can_be_dropped_on_the_form(context: Any, srv: ServerProcess) -> 
         ".value.includes('/media/uploads/')")
     url = page.input_value(".drop[data-name=images] input[type=hidden]")
     assert httpx.get(url).content == png  # the upload flow stored exactly these bytes
+    # The preview shows once the browser has decoded it: waited for, then asserted.
+    page.wait_for_selector(".drop[data-name=images] img.preview", state="visible")
     assert page.is_visible(".drop[data-name=images] img.preview")
     # A file that is not an image is refused in plain words.
     page.evaluate(

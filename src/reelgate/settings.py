@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     # Torch CPU threads for a CPU device (tests, benchmarks); 0 keeps torch's default.
     local_torch_threads: int = 0
 
+    # --- observability -----------------------------------------------------------------
+    # FastAPI's native OpenTelemetry spans and metrics per request, sent to the globally
+    # configured OTel providers. Off by default: Prometheus metrics are at /metrics, and the
+    # check costs every request, polls included.
+    fastapi_telemetry: bool = False
+
     # --- input fetching --------------------------------------------------------------------
     fetch_max_bytes: int = 20 * 1024 * 1024
     # Largest JSON request body; 0: room for three data: URI images of fetch_max_bytes each

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter
 
+from reelgate.api.hotpath import HotRoute
 from reelgate.errors import InvalidInput
 from reelgate.media.storage import Storage
 from reelgate.store.repo import Prediction
@@ -74,6 +75,9 @@ class Dialect:
     error_body: ErrorBody
     webhook_payload: Presenter
     input_error: InputError = field(default=same_names)
+    # Its polls, answered before FastAPI's router (api/hotpath.py); each is also one of
+    # its routers' routes, which documents it.
+    hot_routes: tuple[HotRoute, ...] = ()
 
 
 def all_dialects() -> list[Dialect]:

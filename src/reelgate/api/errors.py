@@ -28,11 +28,27 @@ def error_response(status: int, message: str, reason: str | None = None,
     )
 
 
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.message, exc.reason, exc.headers,
+                          path=request.scope["path"])
+
+
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path,
+                  exc_info=exc)
+    return error_response(500, "Internal server error", path=request.scope["path"])
+
+
+async def response_for(request: Request, exc: Exception) -> JSONResponse:
+    """What the handlers below answer for ``exc`` raised by a hot route (api/hotpath.py),
+    which runs outside FastAPI's exception middleware."""
+    if isinstance(exc, ApiError):
+        return await api_error(request, exc)
+    return await unexpected(request, exc)
+
+
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.reason, exc.headers,
-                              path=request.url.path)
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -57,7 +73,4 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, message, headers=headers,
                               path=request.url.path)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "Internal server error", path=request.url.path)
+    app.add_exception_handler(Exception, unexpected)

@@ -6,7 +6,7 @@ from typing import Any
 
 from reelgate.api.dialects import Create, Dialect
 from reelgate.api.v3 import errors, present
-from reelgate.api.v3.routes import EXTRA_SCHEMAS, router
+from reelgate.api.v3.routes import EXTRA_SCHEMAS, HOT_ROUTES, router
 from reelgate.errors import InvalidInput
 from reelgate.requests import resolve_model_scene
 
@@ -29,6 +29,7 @@ DIALECT = Dialect(
     present=present.present,
     error_body=errors.error_body,
     webhook_payload=present.webhook_payload,
+    hot_routes=HOT_ROUTES,
 )
 
 __all__ = ["DIALECT", "EXTRA_SCHEMAS", "router"]

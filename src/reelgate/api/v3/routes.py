@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from reelgate import intake
 from reelgate.api.auth import require_key
+from reelgate.api.hotpath import HotRoute
 from reelgate.api.deps import base_url, json_body, optional_json_body, services_of
 from reelgate.api.v3.history import (
     MAX_PAGE,
@@ -209,6 +210,43 @@ def _wait_param(request: Request) -> float:
     return wait
 
 
+# The words pydantic reads as a boolean in a query string (what FastAPI accepts for a bool
+# parameter), and its error for anything else: the hot path answers as FastAPI would.
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def _base64_param(request: Request) -> bool:
+    raw = request.query_params.get("enable_base64_output")
+    if raw is None:
+        return True
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise InvalidInput("enable_base64_output",
+                       "Input should be a valid boolean, unable to interpret input")
+
+
+async def read_result(request: Request, params: dict[str, str]) -> Response:
+    """GET /result, the hottest route, answered on the hot path (api/hotpath.py): the
+    parameters are read here, in the order FastAPI checked them (query, key, wait)."""
+    base64_output = _base64_param(request)
+    key = await require_key(request)
+    return await _read(params["prediction_id"], request, key, _wait_param(request),
+                       base64_output)
+
+
+async def read_prediction(request: Request, params: dict[str, str]) -> Response:
+    """GET /predictions/{id}, also a poll: answered on the hot path like the result."""
+    key = await require_key(request)
+    return await _read(params["prediction_id"], request, key,
+                       base64_output=_base64_param(request))
+
+
+# Declared for OpenAPI (and answer alike if reached through FastAPI's router); the requests
+# are answered by read_result and read_prediction on the hot path (HOT_ROUTES).
 @router.get(
     "/predictions/{prediction_id}/result",
     response_model=PredictionEnvelope,
@@ -219,12 +257,7 @@ def _wait_param(request: Request) -> float:
 )
 async def get_result(prediction_id: str, request: Request,
                      base64_output: bool = BASE64_QUERY) -> Response:
-    # The hottest route: authentication and the ``wait`` parameter are read here rather
-    # than through Depends/Query, whose resolution cost the poll more than its own work
-    # (cProfile: solve_dependencies was 40% of a poll). Same checks, same errors; the
-    # parameter is documented through openapi_extra.
-    key = await require_key(request)
-    return await _read(prediction_id, request, key, _wait_param(request), base64_output)
+    return await read_result(request, {"prediction_id": prediction_id})
 
 
 @router.get(
@@ -236,6 +269,12 @@ async def get_prediction(
     base64_output: bool = BASE64_QUERY,
 ) -> Response:
     return await _read(prediction_id, request, key, base64_output=base64_output)
+
+
+HOT_ROUTES = (
+    HotRoute("GET", "/api/v3/predictions/{prediction_id}/result", read_result),
+    HotRoute("GET", "/api/v3/predictions/{prediction_id}", read_prediction),
+)
 
 
 # Referenced from the create route's requestBody: documents the body in OpenAPI while the

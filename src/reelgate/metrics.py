@@ -15,7 +15,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -167,10 +166,13 @@ class HttpMiddleware:
                 status = message["status"]
                 extra = scope.get("state", {}).get("rate_headers")
                 if extra:
-                    headers = MutableHeaders(scope=message)
-                    for name, value in extra.items():
-                        if name not in headers:
-                            headers[name] = value
+                    # Raw header pairs appended (MutableHeaders re-scans the list per name):
+                    # those the answer set itself (a 429's) are kept as they are.
+                    raw = message.setdefault("headers", [])
+                    have = {name.lower() for name, _ in raw}
+                    raw.extend((name.lower().encode("latin-1"), value.encode("latin-1"))
+                               for name, value in extra.items()
+                               if name.lower().encode("latin-1") not in have)
             await send(message)
 
         try:

@@ -15,7 +15,7 @@ path parameters. Everything else is the same as for any route:
 - an exception becomes the same error body and status as FastAPI's handlers give it
   (``api/errors.response_for``).
 
-Dialects declare their hot routes (``Dialect.hot_routes``); the app adds ``/healthz``.
+Dialects declare their hot routes (``Dialect.hot_routes``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from datetime import UTC, datetime
+from collections.abc import Hashable
 from typing import Any
 
 from sqlalchemy import text
@@ -35,6 +36,8 @@ _PRED_FIELDS = ("id", "account_id", "key_id", "model", "scene", "backend", "stat
 _DATETIMES = ("created_at", "started_at", "completed_at", "updated_at", "outputs_deleted_at")
 _UNREAD: dict[str, Any] = {"inputs": {}, "lease_owner": None, "lease_expires_at": None,
            "upstream_ref": None, "webhook": None, "base_url": None}
+# Rows whose decoded prediction is kept (a few MiB at most: inputs are not read).
+MEMO_ROWS = 4096
 _PRED_SQL = f"SELECT {', '.join(_PRED_FIELDS)} FROM predictions WHERE id = {{0}}"
 _KEY_SQL = (
     "SELECT k.id, k.account_id, k.name, k.prefix, k.created_at, k.revoked_at, "
@@ -91,6 +94,9 @@ class HotReads:
         self.pg_pool_size = pg_pool_size
         self._sqlite: sqlite3.Connection | None = None
         self._pool: Any = None
+        # Decoded predictions by row version, least recently read first (Prediction is
+        # frozen, so sharing one between requests is safe).
+        self._decoded: dict[Hashable, Prediction] = {}
         if engine.dialect.name == "sqlite":
             path = engine.url.database
             assert path, "the hot path needs a file database"
@@ -140,8 +146,29 @@ class HotReads:
         """The prediction as clients see it. Its inputs, lease, upstream handle, webhook,
         base URL (and the columns present.py does not show) are NOT read (empty/None/default
         here): use Store.get for those."""
+        read = await self.prediction_read(prediction_id, account_id)
+        return read[0] if read is not None else None
+
+    async def prediction_read(self, prediction_id: str,
+                              account_id: str) -> tuple[Prediction, Hashable] | None:
+        """``prediction``, with the row it was read from as a hashable version: two reads
+        with equal versions are the same prediction, so a caller may reuse what it made of
+        the first (the v3 answer's body). A poller reads the same row many times over: its
+        decoding (five timestamps, three JSON columns) is done once per version."""
         row = await self._row(_PRED_SQL + " AND account_id = {1}", prediction_id, account_id)
-        return _prediction(row) if row is not None else None
+        if row is None:
+            return None
+        version = tuple(row)
+        try:
+            pred = self._decoded.pop(version, None)
+        except TypeError:  # a driver value that is not hashable: no memo for this row
+            return _prediction(row), object()
+        if pred is None:
+            pred = _prediction(row)
+        self._decoded[version] = pred  # (re)inserted last: the dict is oldest-first
+        if len(self._decoded) > MEMO_ROWS:
+            del self._decoded[next(iter(self._decoded))]
+        return pred, version
 
     async def key(self, key_hash: str) -> KeyRecord | None:
         """The live key with this hash (see repo.hash_key) and its account's state."""

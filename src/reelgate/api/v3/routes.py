@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -55,6 +56,29 @@ CREATE_ROUTE: dict[str, Any] = dict(
 
 def render(pred: Prediction, request: Request, services: Services) -> dict[str, Any]:
     return present(pred, base_url(request, services), services.storage)
+
+
+# The answer bodies of unfinished predictions, by (row version, base URL), least recently
+# used first: a client polls the same unchanged row many times, and for an unfinished
+# prediction the body is a function of the row and the base URL alone (no output URLs,
+# whose signatures expire, and nothing inline). Bounded: a few MiB at most.
+_UNFINISHED_BODIES: dict[tuple[Hashable, str], bytes] = {}
+_BODIES_KEPT = 4096
+
+
+def _unfinished_answer(pred: Prediction, version: Hashable, request: Request,
+                       services: Services) -> Response:
+    base = base_url(request, services)
+    key = (version, base)
+    body = _UNFINISHED_BODIES.pop(key, None)
+    if body is None:
+        # JSONResponse's own rendering, so the bytes are the same as an uncached answer's.
+        body = JSONResponse(present(pred, base, services.storage)).body
+    _UNFINISHED_BODIES[key] = body
+    if len(_UNFINISHED_BODIES) > _BODIES_KEPT:
+        del _UNFINISHED_BODIES[next(iter(_UNFINISHED_BODIES))]
+    return Response(body, media_type="application/json",
+                    headers={"Retry-After": str(services.settings.poll_hint_s)})
 
 
 async def answer(pred: Prediction, request: Request, services: Services,
@@ -170,13 +194,16 @@ async def _read(prediction_id: str, request: Request, key: KeyRecord,
                 wait: float = 0, base64_output: bool = True) -> Response:
     services = services_of(request)
     # One indexed read on the driver (store/hot.py), not through the ORM engine.
-    pred = await services.hot.prediction(prediction_id, key.account_id)
-    if pred is None:
+    read = await services.hot.prediction_read(prediction_id, key.account_id)
+    if read is None:
         # Another tenant's prediction is indistinguishable from a missing one.
         raise NotFound(f"Prediction '{prediction_id}' not found")
+    pred, version = read
     if wait > 0 and not pred.finished:
         pred, _ = await _wait_for_end(services, pred,
                                       min(wait, services.settings.sync_timeout_s))
+    elif not pred.finished:
+        return _unfinished_answer(pred, version, request, services)
     return await answer(pred, request, services, base64_output=base64_output)
 
 
@@ -198,7 +225,8 @@ _WAIT_DOC = {
 
 
 def _wait_param(request: Request) -> float:
-    raw = request.query_params.get("wait")
+    # Most polls carry no query string: nothing to parse then.
+    raw = request.query_params.get("wait") if request.scope["query_string"] else None
     if raw is None:
         return 0.0
     try:
@@ -217,7 +245,8 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 
 def _base64_param(request: Request) -> bool:
-    raw = request.query_params.get("enable_base64_output")
+    raw = (request.query_params.get("enable_base64_output") if request.scope["query_string"]
+           else None)
     if raw is None:
         return True
     word = raw.strip().lower()

@@ -43,7 +43,7 @@ log() { echo "[$(date -u +%T)] $*"; }
 log "start: $(uname -n), $($PY -V 2>&1)"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   t=$SECONDS
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  timeout 180 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target $WORK/site .whl/*.whl || { log "wheel install failed"; exit 1; }
   export PYTHONPATH=$WORK/site
   log "installed $(ls .whl/*.whl | wc -l) wheels into $WORK/site in $((SECONDS - t)) s"
@@ -71,7 +71,7 @@ if ! $PY -c "import boto3.session, botocore.config" 2>/dev/null; then
 fi
 
 # Every import the server and the bench make, before any time goes to building weights.
-$PY - <<'EOF' || { log "imports failed: stopping before the benchmark"; exit 1; }
+timeout 180 $PY - <<'EOF' || { log "imports failed: stopping before the benchmark"; exit 1; }
 import importlib, time
 t = time.perf_counter()
 for m in ("reelgate.cli", "reelgate.api.app", "reelgate.backends.local.backend",

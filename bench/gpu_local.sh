@@ -113,3 +113,6 @@ family wan "$WAN_LIMIT_S" --family wan --layers 30 --heads 12 --head-dim 128 --f
 
 [ -n "$SMI" ] && kill "$SMI"
 log "done in $SECONDS s"
+# Closing the output lets tee reach its end and finish $OUT/log before the run returns.
+exec >&- 2>&-
+sleep 1

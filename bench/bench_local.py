@@ -29,7 +29,13 @@ On a GPU, real sizes:   ... --family wan --device cuda --dtype bfloat16 --rounds
                           --weights /srv/models/Wan2.1-T2V-1.3B-Diffusers --width 832 \
                           --height 480 --fps 16 --duration 5 --steps 30
 (without --weights the random architectures stay small unless --layers/--heads/--head-dim
-grow them; their VAE and text encoder stay tiny.)
+grow them; their VAE and text encoder stay tiny.) Real-size random transformers, no
+download (bench/gpu_local.sh runs these):
+  Wan2.1 1.3B's:    --family wan --layers 30 --heads 12 --head-dim 128 --ffn-dim 8960
+  LTX-Video 2B's:   --family ltx --layers 28 --heads 32 --head-dim 64 --real-compression
+(--real-compression: the tiny LTX VAE compresses as the real one, 32x in space and 8x in
+time, so a real frame size gives the real token count; the tiny Wan VAE always does.)
+Ctrl-C (or `timeout -s INT`) ends the rounds early and reports the complete ones.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +81,28 @@ QUICK: dict[str, dict[str, int]] = {
 }
 
 
-def build(family: str, root: Path, p: dict[str, int]) -> Path:
+def build(family: str, root: Path, p: dict[str, int], args: argparse.Namespace) -> Path:
+    import gc
+
+    import torch
+
     from reelgate.backends.local import tiny
 
-    builder = {"wan": tiny.build_wan, "ltx": tiny.build_ltx, "ltx2": tiny.build_ltx2}[family]
-    return builder(root, layers=p["layers"], heads=p["heads"],
-                   head_dim=p["head_dim"])["text-to-video"]
+    kw: dict[str, Any] = dict(layers=p["layers"], heads=p["heads"], head_dim=p["head_dim"])
+    if family == "wan":
+        kw.update(ffn_dim=args.ffn_dim, text_only=True)  # the bench times text-to-video
+    elif family == "ltx":
+        kw.update(real_compression=args.real_compression)
+    builders: dict[str, Callable[..., dict[str, Path]]] = {
+        "wan": tiny.build_wan, "ltx": tiny.build_ltx, "ltx2": tiny.build_ltx2}
+    # Built on the device it runs on: the random initialisation of a real-size transformer
+    # takes a minute on a CPU (one value at a time), a moment on a GPU.
+    with torch.device(args.device):
+        weights = builders[family](root, **kw)["text-to-video"]
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the build's memory, for the server process
+    return weights
 
 
 class Raw:
@@ -211,7 +234,8 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
         tmp = Path(d)
         # Real checkpoints (a diffusers directory or a repo id in the HF cache) for
         # real-size figures on a GPU; otherwise the random architecture built here.
-        weights = Path(args.weights) if args.weights else build(family, tmp / "weights", p)
+        weights = Path(args.weights) if args.weights else build(family, tmp / "weights", p,
+                                                                  args)
         raw = Raw(args, family, p, weights, frames)
         ours = Reelgate(args, family, p, weights, tmp)
         try:
@@ -231,6 +255,13 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
                       f"{raw_rows[-1]['per_step']:.4f} reelgate {ours_rows[-1]['per_step']:.4f}"
                       f"; generation raw {raw_rows[-1]['generation']:.3f} reelgate "
                       f"{ours_rows[-1]['generation']:.3f}", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            # Out of time (timeout -s INT) or stopped by hand: report the complete rounds,
+            # dropping a half-run one.
+            done = min(len(raw_rows), len(ours_rows))
+            del raw_rows[done:], ours_rows[done:]
+            print(f"  {family}: interrupted after {done} complete round(s)", file=sys.stderr,
+                  flush=True)
         finally:
             ours.close()
     return {"family": family, "p": p, "frames": frames, "wanted": wanted,
@@ -243,10 +274,16 @@ def med(rows: list[dict[str, float]], k: str) -> float:
 
 def report(args: argparse.Namespace, res: dict[str, Any]) -> bool:
     p, raw, ours = res["p"], res["raw"], res["ours"]
+    ffn = f", ffn {args.ffn_dim}" if args.ffn_dim and res["family"] == "wan" else ""
+    vae = ", real VAE compression" if args.real_compression and res["family"] == "ltx" else ""
     print(f"\n{res['family']} on {args.device} ({args.dtype}, {args.threads} thread(s)): "
           f"{p['width']}x{p['height']}, {res['frames']} frames generated "
           f"({res['wanted']} delivered), {p['steps']} steps, transformer {p['layers']} layers "
-          f"x {p['heads']} heads x {p['head_dim']}; medians of {len(raw)} interleaved rounds")
+          f"x {p['heads']} heads x {p['head_dim']}{ffn}{vae}; medians of {len(raw)} "
+          f"interleaved rounds")
+    if not raw:
+        print("no complete round: nothing to compare")
+        return False
     print(f"{'':30}{'raw':>10}{'reelgate':>10}{'ratio':>8}   per-round ratio min-max")
     for label, key in (("seconds per step", "per_step"), ("VAE decode (s)", "decode"),
                        ("generation: pipeline call (s)", "generation")):
@@ -307,6 +344,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int)
     ap.add_argument("--heads", type=int)
     ap.add_argument("--head-dim", dest="head_dim", type=int)
+    ap.add_argument("--ffn-dim", dest="ffn_dim", type=int,
+                    help="Wan's feed-forward width (default 3x the model width; 8960 in "
+                    "Wan2.1 1.3B)")
+    ap.add_argument("--real-compression", action="store_true",
+                    help="LTX-Video: the tiny VAE compresses as the real one (32x space, 8x "
+                    "time), so real frame sizes give real token counts")
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--warmup", type=int, default=1)
@@ -322,6 +365,13 @@ def main() -> None:
     families = ["wan", "ltx", "ltx2"] if args.family == "all" else [args.family]
     if args.weights and len(families) > 1:
         ap.error("--weights needs --family")
+    if args.weights and (args.ffn_dim or args.real_compression):
+        ap.error("--ffn-dim and --real-compression shape the random weights, not --weights")
+    if args.ffn_dim and "wan" not in families:
+        ap.error("--ffn-dim is Wan's")
+    if args.real_compression and "ltx" not in families:
+        ap.error("--real-compression is LTX-Video's (the tiny Wan VAE compresses as the "
+                 "real one; LTX-2's does not have the option)")
     results = [bench_family(args, f) for f in families]
     held = [report(args, r) for r in results]
     if args.json:

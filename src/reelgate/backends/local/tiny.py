@@ -57,25 +57,33 @@ def _wan_vae() -> Any:
 
 
 def _wan_transformer(in_channels: int = 16, layers: int = 2, heads: int = 2,
-                     head_dim: int = 12) -> Any:
+                     head_dim: int = 12, ffn_dim: int | None = None) -> Any:
     from diffusers import WanTransformer3DModel
 
+    if ffn_dim is None:
+        # The real models' feed-forward is ~5.8x (1.3B: 8960 for 1536) to ~2.7x (14B:
+        # 13824 for 5120) the width.
+        ffn_dim = 32 if heads * head_dim <= 24 else 3 * heads * head_dim
     return WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
-        in_channels=in_channels, out_channels=16, text_dim=32, freq_dim=256,
-        # The real models' feed-forward is ~2.7x (1.3B) to ~3.5x (14B) the width.
-        ffn_dim=32 if heads * head_dim <= 24 else 3 * heads * head_dim,
+        in_channels=in_channels, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=ffn_dim,
         num_layers=layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32)
+        # The real models' value. The rotary table is sliced per axis, so it must cover the
+        # most latent patches along a side (832x480 is 52 wide); its first rows are the same
+        # whatever its length, so small frames give the same output as with a short table.
+        rope_max_seq_len=1024)
 
 
 def build_wan(root: Path, seed: int = 0, layers: int = 2, heads: int = 2,
-              head_dim: int = 12) -> dict[str, Path]:
+              head_dim: int = 12, ffn_dim: int | None = None,
+              text_only: bool = False) -> dict[str, Path]:
     """Wan 2.1/2.2: text-to-video (WanPipeline), first / first+last frame
     (WanImageToVideoPipeline, the 36-channel image-conditioned transformer) and
     reference-to-video (WanVACEPipeline). Returns the weights directory of each scene.
-    ``layers``, ``heads`` and ``head_dim`` size the transformers (the benchmark grows them
-    so that a step costs enough to be measured)."""
+    ``layers``, ``heads``, ``head_dim`` and ``ffn_dim`` size the transformers (the benchmark
+    grows them so that a step costs enough to be measured, up to the real sizes).
+    ``text_only`` builds the text-to-video weights alone: at a real size a second
+    transformer for image-to-video doubles the build and the disk it takes."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         WanImageToVideoPipeline,
@@ -89,11 +97,13 @@ def build_wan(root: Path, seed: int = 0, layers: int = 2, heads: int = 2,
     sched = FlowMatchEulerDiscreteScheduler(shift=5.0)
     dirs = {s: root / f"wan-{s}" for s in ("t2v", "i2v", "vace")}
     WanPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched,
-                transformer=_wan_transformer(16, layers, heads, head_dim)
+                transformer=_wan_transformer(16, layers, heads, head_dim, ffn_dim)
                 ).save_pretrained(dirs["t2v"])
+    if text_only:
+        return {"text-to-video": dirs["t2v"]}
     WanImageToVideoPipeline(tokenizer=tok, text_encoder=te, vae=vae, scheduler=sched,
                             image_processor=None, image_encoder=None,
-                            transformer=_wan_transformer(36, layers, heads, head_dim)
+                            transformer=_wan_transformer(36, layers, heads, head_dim, ffn_dim)
                             ).save_pretrained(dirs["i2v"])
     vace = WanVACETransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
@@ -107,8 +117,13 @@ def build_wan(root: Path, seed: int = 0, layers: int = 2, heads: int = 2,
 
 
 def build_ltx(root: Path, seed: int = 0, layers: int = 1, heads: int = 4,
-              head_dim: int = 8) -> dict[str, Path]:
-    """LTX-Video: one set of weights for LTXPipeline and LTXImageToVideoPipeline."""
+              head_dim: int = 8, real_compression: bool = False) -> dict[str, Path]:
+    """LTX-Video: one set of weights for LTXPipeline and LTXImageToVideoPipeline.
+
+    The tiny VAE compresses 4x in space and time, so that the tests' small frames still
+    give a few latent patches. ``real_compression`` makes it compress as the real one
+    (32x in space: 4x4 patches and three halvings; 8x in time), so that a real frame size
+    gives the transformer the real model's token count (768x512x121: 6144)."""
     from diffusers import (
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -121,16 +136,16 @@ def build_ltx(root: Path, seed: int = 0, layers: int = 1, heads: int = 4,
         in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=heads,
         attention_head_dim=head_dim, cross_attention_dim=heads * head_dim, num_layers=layers,
         caption_channels=32)
+    scaling = (True, True, real_compression, False)
     vae = AutoencoderKLLTXVideo(
         in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
         decoder_layers_per_block=(1, 1, 1, 1, 1),
-        spatio_temporal_scaling=(True, True, False, False),
-        decoder_spatio_temporal_scaling=(True, True, False, False),
+        spatio_temporal_scaling=scaling, decoder_spatio_temporal_scaling=scaling,
         decoder_inject_noise=(False, False, False, False, False),
         upsample_residual=(False, False, False, False), upsample_factor=(1, 1, 1, 1),
-        timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True,
-        decoder_causal=False)
+        timestep_conditioning=False, patch_size=4 if real_compression else 1, patch_size_t=1,
+        encoder_causal=True, decoder_causal=False)
     vae.use_framewise_encoding = False
     vae.use_framewise_decoding = False
     out = root / "ltx"

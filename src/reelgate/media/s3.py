@@ -24,7 +24,6 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from reelgate.media.storage import (
-    LocalStorage,
     Storage,
     StorageKeyMissing,
     TooLarge,
@@ -32,7 +31,7 @@ from reelgate.media.storage import (
     _safe_key,
 )
 
-__all__ = ["S3Storage", "StorageUnavailable", "build_storage", "parse_s3_url"]
+__all__ = ["S3Storage", "StorageUnavailable", "parse_s3_url"]
 
 CONTENT_TYPE = "video/mp4"
 
@@ -277,50 +276,3 @@ def _client_config(endpoint_url: str) -> Config:
 def _error_code(exc: ClientError) -> str:
     error: dict[str, Any] = exc.response.get("Error", {})
     return str(error.get("Code", ""))
-
-
-_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def build_storage(
-    url: str,
-    *,
-    local_root: Path,
-    signer: UrlSigner,
-    public_base_url: str = "",
-    endpoint_url: str = "",
-    region: str = "",
-    access_key: str = "",
-    secret_key: str = "",
-    presign_ttl_s: int = 24 * 3600,
-    presign_endpoint_url: str = "",
-) -> Storage:
-    """Pick the storage adapter by the form of ``url``.
-
-    Empty: LocalStorage under ``local_root``. A filesystem path (or ``file://`` URL):
-    LocalStorage there. ``s3://bucket/prefix``: S3Storage. Anything else is refused, so a
-    typo such as ``s4://`` fails at start-up instead of writing videos to a directory
-    named after it.
-    """
-    url = url.strip()
-    if not url:
-        return LocalStorage(local_root, signer, public_base_url)
-    if url.startswith("s3://"):
-        return S3Storage(
-            url,
-            endpoint_url=endpoint_url,
-            region=region,
-            access_key=access_key,
-            secret_key=secret_key,
-            presign_ttl_s=presign_ttl_s,
-            public_base_url=public_base_url,
-            presign_endpoint_url=presign_endpoint_url,
-        )
-    if url.startswith("file://"):
-        parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file:// URL with a remote host: {url!r}")
-        return LocalStorage(Path(parts.path), signer, public_base_url)
-    if _SCHEME_RE.match(url):
-        raise ValueError(f"unsupported storage URL {url!r}: use a path or s3://bucket/prefix")
-    return LocalStorage(Path(url), signer, public_base_url)

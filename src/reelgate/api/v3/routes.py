@@ -73,7 +73,7 @@ def _unfinished_answer(pred: Prediction, version: Hashable, request: Request,
     body = _UNFINISHED_BODIES.pop(key, None)
     if body is None:
         # JSONResponse's own rendering, so the bytes are the same as an uncached answer's.
-        body = JSONResponse(present(pred, base, services.storage)).body
+        body = bytes(JSONResponse(present(pred, base, services.storage)).body)
     _UNFINISHED_BODIES[key] = body
     if len(_UNFINISHED_BODIES) > _BODIES_KEPT:
         del _UNFINISHED_BODIES[next(iter(_UNFINISHED_BODIES))]

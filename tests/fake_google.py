@@ -487,7 +487,7 @@ def write_service_account(path: Path, token_uri: str, project: str = "fake-proje
 def make_video(path: Path) -> bytes:
     """A real 720p, 4 s H.264+AAC MP4 (the sandbox renderer), so check_video passes."""
     from reelgate.backends.base import Job
-    from reelgate.backends.sandbox import render_sandbox_video
+    from reelgate.backends.sandbox.backend import render_sandbox_video
 
     job = Job(id="fake-google", model="veo3.1", scene="text-to-video",
               prompt="fake google video", resolution="720p", duration=4)

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from reelgate.backends.base import Job
-from reelgate.backends.sandbox import render_sandbox_video
+from reelgate.backends.sandbox.backend import render_sandbox_video
 from reelgate.media.video import check_video
 from tests.conftest import PrivateRedis, ServerProcess, WorkerProcess
 from tests.fake_google import FakeGoogle

@@ -244,7 +244,7 @@ def test_console_assets_ship_in_the_package() -> None:
 async def test_poster_frames_go_to_s3_as_jpeg(s3_endpoint: str, bucket: str, s3_admin: Any,
                                               tmp_path: Path) -> None:
     from reelgate.backends.base import Job
-    from reelgate.backends.sandbox import render_sandbox_video
+    from reelgate.backends.sandbox.backend import render_sandbox_video
     from reelgate.jobs.runner import poster_key
     from reelgate.media.video import poster_frame
     from tests.fake_s3 import make_s3

@@ -54,7 +54,7 @@ def wan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _backend(tmp: Path, weights: Path, option: str) -> Any:
     from reelgate.backends.local.backend import LocalBackend
-    from reelgate.settings import Settings
+    from reelgate.backends.local.config import LocalSettings
 
     (tmp / "models.toml").write_text(textwrap.dedent(f"""
         [[models]]
@@ -66,8 +66,8 @@ def _backend(tmp: Path, weights: Path, option: str) -> Any:
         sizes = {{ "720p" = [64, 32] }}
         steps = {STEPS}
     """) + OPTIONS[option] + "\n")
-    return LocalBackend(Settings(local_models_file=tmp / "models.toml", local_device="cpu",
-                                 local_torch_threads=1, data_dir=tmp / "data"))
+    return LocalBackend(LocalSettings(models_file=tmp / "models.toml", device="cpu",
+                                      torch_threads=1))
 
 
 def _hooks(module: Any) -> set[str]:
@@ -133,7 +133,7 @@ def test_models_sharing_weights_keep_their_own_options(wan: Path, tmp_path: Path
     its own model's pipeline, whichever loads first."""
     from reelgate import catalog
     from reelgate.backends.local.backend import LocalBackend
-    from reelgate.settings import Settings
+    from reelgate.backends.local.config import LocalSettings
 
     base = textwrap.dedent(f"""
         family = "wan"
@@ -146,8 +146,7 @@ def test_models_sharing_weights_keep_their_own_options(wan: Path, tmp_path: Path
     (tmp_path / "models.toml").write_text(
         f'[[models]]\nname = "cached"\ncache = "first_block"\n{base}\n'
         f'[[models]]\nname = "plain"\n{base}\n')
-    backend = LocalBackend(Settings(local_models_file=tmp_path / "models.toml",
-                                    local_device="cpu", data_dir=tmp_path / "data"))
+    backend = LocalBackend(LocalSettings(models_file=tmp_path / "models.toml", device="cpu"))
     try:
         cached = backend.cache.get(backend.models["local/cached"], "text-to-video")
         plain = backend.cache.get(backend.models["local/plain"], "text-to-video")

@@ -19,13 +19,14 @@ import pytest
 from PIL import Image, ImageDraw
 
 from reelgate.backends.base import BackendError, Inputs, Job
-from reelgate.backends.sandbox import (
+from reelgate.backends.sandbox.backend import (
     NSFW_MESSAGE,
     SandboxBackend,
     output_size,
     parse_directives,
     render_sandbox_video,
 )
+from reelgate.backends.sandbox.config import SandboxSettings
 from reelgate.media.video import InvalidVideo, check_video, probe_video, read_frame
 from reelgate.settings import load_settings
 
@@ -364,17 +365,14 @@ def test_bad_input_image_is_a_backend_error(tmp_path: Path) -> None:
 
 
 def test_from_settings() -> None:
-    settings = load_settings(
-        sandbox_latency_s=1.5, sandbox_failure_rate=0.25, sandbox_max_height=720, sandbox_fps=30
+    ss = SandboxSettings(  # type: ignore[call-arg]
+        _env_file=None, latency_s=1.5, failure_rate=0.25, max_height=720, fps=30,
+        render_processes=0,
     )
-    backend = SandboxBackend.from_settings(settings)
+    backend = SandboxBackend.from_settings(load_settings(worker_concurrency=3), ss)
     assert backend.name == "sandbox"
-    assert (backend.latency_s, backend.failure_rate, backend.max_height, backend.fps) == (
-        1.5,
-        0.25,
-        720,
-        30,
-    )
+    assert (backend.latency_s, backend.failure_rate, backend.max_height, backend.fps,
+            backend.processes, backend.concurrency) == (1.5, 0.25, 720, 30, 0, 3)
 
 
 # --- check_video -----------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reelgate.backends.base import Job
-from reelgate.backends.sandbox import render_sandbox_video
+from reelgate.backends.sandbox.backend import render_sandbox_video
 
 
 def render_video(path: Path) -> Path:

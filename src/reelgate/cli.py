@@ -115,6 +115,7 @@ def worker(
 
     It consumes the queues, renews leases, runs the reconciler and sends webhooks. SIGTERM
     or Ctrl-C hands running predictions back (their leases are released) and exits."""
+    import os
     import signal
 
     from reelgate.logs import configure_logging
@@ -125,7 +126,12 @@ def worker(
     if backends:
         overrides["only_backends"] = [b.strip() for b in backends.split(",") if b.strip()]
     if device:
-        overrides["local_device"] = device
+        # The flag form of REELGATE_LOCAL_DEVICE: the local backend's settings (an object of
+        # its own, read when the backend is built) take it from this process's environment.
+        from reelgate.backends.local.config import load_local_settings
+
+        os.environ["REELGATE_LOCAL_DEVICE"] = device
+        load_local_settings.cache_clear()
     settings = Settings(**overrides)
     if not settings.queue_url:
         err.print("[red]error:[/red] set REELGATE_QUEUE_URL=redis://... to run separate "

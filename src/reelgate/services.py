@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from reelgate.backends import Backend, build_backends
-from reelgate.backends.registry import concurrency_of
+from reelgate.backends.registry import all_backends, concurrency_of
 from reelgate.jobs.dispatch import Dispatch, LocalDispatch, WorkerPool
 from reelgate.jobs.notify import LocalNotifier, Notifier
 from reelgate.jobs.runner import Runner
@@ -69,9 +69,10 @@ class Services:
         import the API's dialects."""
         settings.ensure_dirs()
         from reelgate.backends.local.config import install as install_local_models
+        from reelgate.backends.local.config import load_local_settings
 
         # Declared local models join the catalog (routes, validation, prices, model list).
-        install_local_models(settings.local_models_file)
+        install_local_models(load_local_settings().models_file)
         # On PostgreSQL the poll's point reads (store/hot.py) have a small pool of their own,
         # taken out of the engine's overflow so that a process stays within
         # REELGATE_DB_POOL_SIZE + _DB_MAX_OVERFLOW connections (none left: they read
@@ -197,7 +198,7 @@ class Services:
             from reelgate.jobs.dispatch.redis import RedisDispatch, RedisQueue
 
             services.dispatcher = RedisDispatch(
-                RedisQueue(settings.queue_url, settings.all_backends(),
+                RedisQueue(settings.queue_url, all_backends(settings),
                            prefix=settings.queue_prefix),
                 pool, dispatch_grace_s=settings.dispatch_grace_s)
         else:

@@ -1,8 +1,9 @@
-"""One settings object for the whole server.
+"""The server's settings; each backend's are an object of its own next to the backend.
 
 Values come from ``REELGATE_*`` environment variables, or from a settings file named by
-``REELGATE_SETTINGS_FILE`` (a ``.env``-style file of the same variables). Each adapter is
-picked by the form of its URL, so the embedded default needs no configuration at all.
+``REELGATE_SETTINGS_FILE`` (a ``.env``-style file of the same variables), which the
+backends' settings read too. Each adapter is picked by the form of its URL, so the embedded
+default needs no configuration at all.
 """
 
 from __future__ import annotations
@@ -127,24 +128,9 @@ class Settings(BaseSettings):
     # "mycompany.reelgate_backend"; packages may use the "reelgate.backends" entry points.
     backend_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    # --- sandbox backend ---------------------------------------------------------------
-    sandbox_latency_s: float = 0.0
-    sandbox_failure_rate: float = 0.0
-    # Render no taller than this many pixels (the short side); 0 means no cap. 4k frames
-    # cost ~9x the CPU of 720p, so small machines may cap 4k output; the README says so.
-    sandbox_max_height: int = 0
-    sandbox_fps: int = 24
-    # Worker processes for sandbox renders (0: render in a thread of the server). None: as
-    # many as worker_concurrency, at most the CPU count.
-    sandbox_render_processes: int | None = None
-
-    # --- local backend (GPU workers, backends/local) -------------------------------------
-    # TOML file declaring the models served from this operator's GPUs; empty: none.
-    local_models_file: Path | None = None
-    # Torch device of this worker process (`reelgate worker --device cuda:0`).
-    local_device: str = "cuda"
-    # Torch CPU threads for a CPU device (tests, benchmarks); 0 keeps torch's default.
-    local_torch_threads: int = 0
+    # Each backend's own settings (REELGATE_SANDBOX_*, REELGATE_LOCAL_*, REELGATE_GOOGLE_*,
+    # _V3_UPSTREAM_*, _MIX_*) are a settings object of its own in the backend's folder
+    # (config.py) or module, reading the same settings file; none of them is held here.
 
     # --- observability -----------------------------------------------------------------
     # FastAPI's native OpenTelemetry spans and metrics per request, sent to the globally
@@ -229,12 +215,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"unconfirmed_submissions[{backend!r}] must be 'resubmit' or "
                                  f"'fail', not {policy!r}")
         return v
-
-    def all_backends(self) -> list[str]:
-        names = {self.default_backend, *self.model_backends.values(), "sandbox"}
-        if self.local_models_file:
-            names.add("local")
-        return sorted(names)
 
     @cached_property
     def resolved_database_url(self) -> str:

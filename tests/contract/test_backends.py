@@ -61,7 +61,7 @@ def settings(**kw: Any) -> Settings:
 
 @pytest.fixture
 def sandbox_subject() -> Subject:
-    from reelgate.backends.sandbox import SandboxBackend
+    from reelgate.backends.sandbox.backend import SandboxBackend
 
     backend = SandboxBackend(fps=4, processes=0)
 
@@ -172,9 +172,10 @@ def local_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture
 def local_subject(local_models: Path) -> Subject:
     from reelgate.backends.local.backend import LocalBackend
+    from reelgate.backends.local.config import LocalSettings
 
-    backend = LocalBackend(settings(local_models_file=local_models, local_device="cpu",
-                                    local_torch_threads=1))
+    backend = LocalBackend(LocalSettings(_env_file=None, models_file=local_models,  # type: ignore[call-arg]
+                                         device="cpu", torch_threads=1))
 
     def size_of(resolution: str, aspect_ratio: str) -> tuple[int, int]:
         w, h = LOCAL_SIZE

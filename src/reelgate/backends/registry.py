@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendSet",
     "NotConfigured",
+    "all_backends",
     "backend_for",
     "cancellable_backends",
     "build_backends",
@@ -138,9 +139,22 @@ class BackendSet:
             try:
                 out[entry.name] = self.get(entry.name)
             except NotConfigured as exc:
-                if entry.composite and entry.name in self.settings.all_backends():
+                if entry.composite and entry.name in all_backends(self.settings):
                     log.warning("backend %s not built: %s", entry.name, exc.message)
         return out
+
+
+def all_backends(settings: Settings) -> list[str]:
+    """The backends this deployment sends work to (scaled out: one Redis stream each): the
+    default, those the routing names, the sandbox, and the local backend when its settings
+    name a models file (its models route to it by their path, not by model_backends)."""
+    # Imported here: reelgate.backends.local registers itself through this module.
+    from reelgate.backends.local.config import load_local_settings
+
+    names = {settings.default_backend, *settings.model_backends.values(), "sandbox"}
+    if load_local_settings().models_file:
+        names.add("local")
+    return sorted(names)
 
 
 def build_backends(settings: Settings) -> dict[str, Backend]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -103,15 +104,18 @@ async def answer(pred: Prediction, request: Request, services: Services,
     return JSONResponse(body, headers=headers)
 
 
-@router.post(
-    "/google/{model}/{scene}",
-    summary="Create a prediction",
-    **CREATE_ROUTE,
-)
-async def create_prediction(
-    model: str,
-    scene: str,
-    request: Request,
+@dataclass(frozen=True)
+class CreateParams:
+    """What both create routes (Veo models and the operator's local ones) take besides the
+    path and the body."""
+
+    webhook: str | None
+    idempotency_key: str | None
+    key: KeyRecord
+
+
+# async: a plain def dependency would be run in a thread of the pool on every create.
+async def create_params(
     webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
     idempotency_key: str | None = Header(
         None, alias="Idempotency-Key",
@@ -119,14 +123,41 @@ async def create_prediction(
         "the same prediction (kept with it, at least 24 hours); the same key with another "
         "body is a 409."),
     key: KeyRecord = Depends(require_key),
+) -> CreateParams:
+    return CreateParams(webhook, idempotency_key, key)
+
+
+@router.post(
+    "/google/{model}/{scene}",
+    summary="Create a prediction",
+    **CREATE_ROUTE,
+)
+async def create_prediction(
+    model: str, scene: str, request: Request, params: CreateParams = Depends(create_params),
 ) -> Response:
+    return await _create(model, scene, request, params)
+
+
+@router.post(
+    "/local/{model}/{scene}",
+    summary="Create a prediction on a model served from this operator's GPUs",
+    **CREATE_ROUTE,
+)
+async def create_local_prediction(
+    model: str, scene: str, request: Request, params: CreateParams = Depends(create_params),
+) -> Response:
+    # The same door as Veo: the row's model is the public path "local/<name>".
+    return await _create(f"local/{model}", scene, request, params)
+
+
+async def _create(model: str, scene: str, request: Request, params: CreateParams) -> Response:
     services = services_of(request)
     resolve_model_scene(model, scene)  # an unknown route is a 404 whatever the body
-    idempotency_key = intake.check_idempotency_key(idempotency_key)
+    idempotency_key = intake.check_idempotency_key(params.idempotency_key)
     body = await json_body(request)
-    pred, req = await intake.accept(services, key, model, scene, body,
-                                    base_url=base_url(request, services), webhook=webhook,
-                                    idempotency_key=idempotency_key)
+    pred, req = await intake.accept(services, params.key, model, scene, body,
+                                    base_url=base_url(request, services),
+                                    webhook=params.webhook, idempotency_key=idempotency_key)
     if not req.enable_sync_mode:
         return await answer(pred, request, services, base64_output=False)
     pred, ended = await _wait_for_end(services, pred, services.settings.sync_timeout_s)
@@ -148,27 +179,6 @@ async def create_prediction(
             f"{data['urls']['get']}"
         )
     return await answer(pred, request, services, body)
-
-
-@router.post(
-    "/local/{model}/{scene}",
-    summary="Create a prediction on a model served from this operator's GPUs",
-    **CREATE_ROUTE,
-)
-async def create_local_prediction(
-    model: str,
-    scene: str,
-    request: Request,
-    webhook: str | None = Query(None, description="URL to POST the prediction to when it ends"),
-    idempotency_key: str | None = Header(
-        None, alias="Idempotency-Key",
-        description="As for Veo models: a retry with the same key and body returns the same "
-        "prediction; the same key with another body is a 409."),
-    key: KeyRecord = Depends(require_key),
-) -> Response:
-    # The same door as Veo: the row's model is the public path "local/<name>".
-    return await create_prediction(f"local/{model}", scene, request, webhook,
-                                   idempotency_key=idempotency_key, key=key)
 
 
 async def _wait_for_end(services: Services, pred: Prediction,

@@ -24,8 +24,10 @@ from reelgate.backends.base import BackendBase, BackendError, Cancelled, Capabil
 from reelgate.backends.local.check import check_local_request
 from reelgate.backends.local.config import (
     LocalModelConfig,
+    LocalSettings,
     config_for,
     install,
+    load_local_settings,
 )
 from reelgate.backends.local.families import PIPELINES, TAYLORSEER_MODULES, build_call
 from reelgate.media.video import AUDIO_SAMPLE_RATE, encode_mp4
@@ -198,10 +200,10 @@ class LocalBackend(BackendBase):
     # lets more queue behind the GPU thread).
     concurrency = 1
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.models = install(settings.local_models_file)
-        self.device = settings.local_device
+    def __init__(self, ls: LocalSettings) -> None:
+        self.ls = ls
+        self.models = install(ls.models_file)
+        self.device = ls.device
         self.cache = PipelineCache(self.device)
         # One thread runs every generation of this process, so torch's per-thread state
         # (current CUDA device, grad mode) is set once and stays put.
@@ -245,15 +247,15 @@ class LocalBackend(BackendBase):
         # Torch is imported here, in the worker, never in an API process.
         if not self._started:
             self._started = True
-            if self.settings.local_torch_threads:
-                _torch().set_num_threads(self.settings.local_torch_threads)
+            if self.ls.torch_threads:
+                _torch().set_num_threads(self.ls.torch_threads)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalBackend:
-        return cls(settings)
+    def from_settings(cls, settings: Settings, ls: LocalSettings | None = None) -> LocalBackend:
+        return cls(ls or load_local_settings())
 
     async def preload(self) -> None:
         """Load every declared model and scene now (worker start), not on first request."""

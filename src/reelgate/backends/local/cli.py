@@ -6,8 +6,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from reelgate.settings import Settings
-
 local_app = typer.Typer(help="Models served from this machine's GPUs (the local backend).",
                         no_args_is_help=True)
 out = Console()
@@ -22,14 +20,18 @@ def check(
     """Read the local models file, then load each declared model and scene as a worker
     would (weights from disk or the Hugging Face cache only, never downloaded), and say
     what is missing. Exit code 1 if any model cannot be served."""
-    from reelgate.backends.local.config import LocalConfigError, load_local_models
+    from reelgate.backends.local.config import (
+        LocalConfigError,
+        load_local_models,
+        load_local_settings,
+    )
 
-    settings = Settings()
-    if not settings.local_models_file:
+    ls = load_local_settings()
+    if not ls.models_file:
         err.print("[red]error:[/red] REELGATE_LOCAL_MODELS_FILE is not set")
         raise typer.Exit(2)
     try:
-        models = load_local_models(settings.local_models_file)
+        models = load_local_models(ls.models_file)
     except LocalConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -44,8 +46,8 @@ def check(
         err.print(f"[red]error:[/red] the local backend needs its extra: pip install "
                   f"'reelgate[local]' ({exc})")
         raise typer.Exit(1) from None
-    install(settings.local_models_file)
-    cache = PipelineCache(device or settings.local_device)
+    install(ls.models_file)
+    cache = PipelineCache(device or ls.device)
     table = Table("model", "scene", "pipeline", "status")
     failed = False
     for m in models.values():

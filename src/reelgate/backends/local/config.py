@@ -1,5 +1,6 @@
-"""Operator-declared local models: the settings file, read by API processes (routing,
-validation, prices, /api/v3/models) and by GPU workers (loading). Imports no torch.
+"""The local backend's settings (``REELGATE_LOCAL_*``, a settings object of its own) and the
+operator-declared models file they name, read by API processes (routing, validation, prices,
+/api/v3/models) and by GPU workers (loading). Imports no torch.
 
 The file is TOML (stdlib ``tomllib``), named by ``REELGATE_LOCAL_MODELS_FILE``::
 
@@ -27,12 +28,43 @@ from __future__ import annotations
 
 import math
 import tomllib
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reelgate import catalog
+from reelgate.settings import settings_file
+
+
+class LocalSettings(BaseSettings):
+    """Like every backend folder's settings (google/config.py is the template): its own
+    prefix, the same settings file as the main settings (``REELGATE_SETTINGS_FILE``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REELGATE_LOCAL_",
+        env_file=settings_file(),
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # TOML file declaring the models served from this operator's GPUs; empty: none (the
+    # backend is not configured).
+    models_file: Path | None = None
+    # Torch device of this worker process (`reelgate worker --device cuda:0` sets it).
+    device: str = "cuda"
+    # Torch CPU threads for a CPU device (tests, benchmarks); 0 keeps torch's default.
+    torch_threads: int = Field(0, ge=0)
+
+
+@lru_cache(maxsize=1)
+def load_local_settings() -> LocalSettings:
+    """The process's local-backend settings, read once (the environment does not change
+    while a server runs). Tests that change it call ``load_local_settings.cache_clear()``."""
+    return LocalSettings()
+
 
 FAMILIES = ("wan", "ltx", "ltx2")
 

@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from reelgate import catalog
 from reelgate.backends.base import BackendBase, BackendError, Capabilities, Job
-from reelgate.backends.registry import register
+from reelgate.backends.sandbox.config import SandboxSettings, load_sandbox_settings
 from reelgate.media.images import DECODE_BUDGET, adopt_budget, open_for_render
 from reelgate.media.video import AUDIO_SAMPLE_RATE, encode_mp4
 
@@ -650,22 +650,25 @@ class SandboxBackend(BackendBase):
             self._budget = DECODE_BUDGET.share()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SandboxBackend:
+    def from_settings(cls, settings: Settings,
+                      ss: SandboxSettings | None = None) -> SandboxBackend:
+        """The sandbox of ``ss`` (default: the process's REELGATE_SANDBOX_* settings), as
+        many renders at once as the main settings give it."""
+        ss = ss or load_sandbox_settings()
         concurrency = settings.backend_concurrency.get("sandbox", settings.worker_concurrency)
         return cls(
-            latency_s=settings.sandbox_latency_s,
-            failure_rate=settings.sandbox_failure_rate,
-            max_height=settings.sandbox_max_height,
-            fps=settings.sandbox_fps,
-            processes=(settings.sandbox_render_processes
-                       if settings.sandbox_render_processes is not None
+            latency_s=ss.latency_s,
+            failure_rate=ss.failure_rate,
+            max_height=ss.max_height,
+            fps=ss.fps,
+            processes=(ss.render_processes if ss.render_processes is not None
                        else min(concurrency, os.cpu_count() or 1)),
             concurrency=concurrency,
         )
 
     def capabilities(self, model: str) -> Capabilities:
         # Everything the catalog accepts, at exactly the asked size and length (the short
-        # side capped by sandbox_max_height, when the operator sets one).
+        # side capped by REELGATE_SANDBOX_MAX_HEIGHT, when the operator sets one).
         return Capabilities(exact_output=not self.max_height)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -719,6 +722,3 @@ class SandboxBackend(BackendBase):
             raise BackendError("sandbox: the render process died; please try again",
                                retryable=True) from None
         return out_path
-
-
-register("sandbox", lambda settings, _resolve: SandboxBackend.from_settings(settings))

@@ -16,6 +16,7 @@ through this module."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -46,6 +47,12 @@ _KEY_SQL = (
     "WHERE k.key_hash = {0} AND k.revoked_at IS NULL"
 )
 _VERSION_SQL = "SELECT version FROM auth_version WHERE id = 1"
+
+
+@functools.lru_cache(maxsize=16)
+def _sqlite_sql(sql: str, args: int) -> str:
+    """The statement with SQLite's placeholders, formatted once per statement."""
+    return sql.format(*("?" * args))
 
 
 async def _no_reset(_conn: Any) -> None:
@@ -132,7 +139,7 @@ class HotReads:
         if self._sqlite is not None:
             # fetchall: steps the statement to its end, so no read transaction stays open
             # (these are primary-key or unique lookups: at most one row).
-            rows = self._sqlite.execute(sql.format(*("?" * len(args))), args).fetchall()
+            rows = self._sqlite.execute(_sqlite_sql(sql, len(args)), args).fetchall()
             return rows[0] if rows else None
         if self._pool is None:  # no pool of our own: the same SQL through the engine
             params = {f"p{i}": a for i, a in enumerate(args)}

@@ -218,11 +218,8 @@ def _fd(stream: Stream, default: int, opened: list[int]) -> int:
     return stream.fileno()
 
 
-def _fork(cmd: list[str], env: Mapping[str, str], cwd: str, stdin: Stream, stdout: Stream,
-          stderr: Stream) -> Launched | None:
-    zygote = _get_zygote()
-    if zygote is None:
-        return None
+def _fork(zygote: _Zygote, cmd: list[str], env: Mapping[str, str], cwd: str, stdin: Stream,
+          stdout: Stream, stderr: Stream) -> Launched | None:
     opened: list[int] = []  # our copies of what the child gets, closed once it has them
     ours: dict[int, int] = {}  # 1, 2 -> our read end of a PIPE
     fds = []
@@ -276,11 +273,13 @@ def popen(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
     cmd = list(cmd)
     if enabled() and len(cmd) >= 3 and cmd[0] == sys.executable and cmd[1] == "-m" \
             and cmd[2] in FORKED_MODULES:
-        launched = _fork(cmd, os.environ if env is None else env,
-                         os.fspath(cwd) if cwd is not None else os.getcwd(),
-                         stdin, stdout, stderr)
-        if launched is not None:
-            return launched
+        zygote = _get_zygote()
+        if zygote is not None:
+            launched = _fork(zygote, cmd, os.environ if env is None else env,
+                             os.fspath(cwd) if cwd is not None else os.getcwd(),
+                             stdin, stdout, stderr)
+            if launched is not None:
+                return launched
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr)
 
 

@@ -108,6 +108,7 @@ class ServerProcess:
                 time.sleep(0.05)
             else:
                 break
+        assert self.proc is not None
         self.proc.kill()  # never leave a half-started server behind
         self.proc.wait()
         raise RuntimeError("server did not start")

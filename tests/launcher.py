@@ -290,6 +290,8 @@ def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
     be: on a timeout the command is killed and TimeoutExpired raised, as there."""
     pipe = subprocess.PIPE if capture_output else None
     proc = popen(cmd, env=env, cwd=cwd, stdout=pipe, stderr=pipe)
+    out: bytes | None
+    err: bytes | None
     if isinstance(proc, subprocess.Popen):
         with proc:
             try:

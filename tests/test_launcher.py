@@ -48,6 +48,7 @@ def test_output_and_exit_status_are_a_fresh_interpreters(tmp_path: Path,
                            timeout=120)
     proc = forked([*CLI, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=120)
+    assert out is not None and err is not None
     assert (proc.returncode, out.decode(), err.decode()) == \
         (fresh.returncode, fresh.stdout, fresh.stderr)
     # run() gives the same through its CompletedProcess.
@@ -86,7 +87,7 @@ def test_a_server_is_the_process_a_test_signals(tmp_path: Path) -> None:
         proc.wait(timeout=0.2)
     # The pid is the server's own: it is the one listening on the port, it logs to the
     # file the test gave it, and a signal sent to it by pid reaches it.
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     assert proc.pid in {c.pid for c in psutil.net_connections("tcp")
                         if c.laddr and c.laddr.port == srv.port and c.status == "LISTEN"}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import importlib
+import io
 import json
 import os
 import random
@@ -176,12 +177,12 @@ class Zygote:
                         self.reap(what)
                 else:  # a caller hung up or sent more: its child runs on unreported
                     pid = what[1]
-                    conn = key.fileobj
-                    assert isinstance(conn, socket.socket)
-                    if pid not in self.children or self.children[pid][1] is not conn:
+                    caller = key.fileobj
+                    assert isinstance(caller, socket.socket)
+                    if pid not in self.children or self.children[pid][1] is not caller:
                         continue  # reaped earlier in this round
-                    self.sel.unregister(conn)
-                    conn.close()
+                    self.sel.unregister(caller)
+                    caller.close()
                     pidfd, _ = self.children[pid]
                     self.children[pid] = (pidfd, None)
 
@@ -291,8 +292,10 @@ def child(request: dict[str, Any], passed: list[int], own: list[int]) -> None:
         np = sys.modules.get("numpy")
         if np is not None:
             np.random.seed()
+        # Buffered as the interpreter would buffer them on these descriptors.
         for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
-            stream.reconfigure(line_buffering=os.isatty(fd) or fd == 2)  # type: ignore[attr-defined]
+            if isinstance(stream, io.TextIOWrapper):
+                stream.reconfigure(line_buffering=os.isatty(fd) or fd == 2)
         code = run_module(request["module"])
         # What the interpreter does on its way out: join the non-daemon threads, run the
         # atexit handlers (multiprocessing stops its pool processes there, logging

@@ -18,6 +18,7 @@ import contextlib
 import json
 import locale
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -164,7 +165,7 @@ class _Zygote:
         self.refusal: str | None = None
         atexit.register(self.close)
         assert self.proc.stdout is not None
-        ready, _, _ = _select([self.proc.stdout], READY_TIMEOUT_S)
+        ready, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT_S)
         line = self.proc.stdout.readline().decode().strip() if ready else ""
         if line != "ready":
             self.refusal = line or "did not start"
@@ -186,12 +187,6 @@ class _Zygote:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _select(files: list[Any], timeout: float) -> tuple[list[Any], list[Any], list[Any]]:
-    import select
-
-    return select.select(files, [], [], timeout)
-
-
 _zygote: _Zygote | None = None
 _zygote_lock = threading.Lock()
 # Why commands went to plain processes (the zygote's refusals), for the launcher's tests.
@@ -203,6 +198,8 @@ def _get_zygote() -> _Zygote | None:
     with _zygote_lock:
         if _zygote is None:
             _zygote = _Zygote()
+            if _zygote.refusal is not None:
+                refusals.append(f"zygote: {_zygote.refusal}")
         return _zygote if _zygote.refusal is None else None
 
 

@@ -20,6 +20,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests import launcher
+
 # The fake S3 server's fixtures (s3_endpoint, s3_admin, bucket), for every test module.
 pytest_plugins = ["tests.fake_s3"]
 
@@ -55,8 +57,12 @@ class ServerProcess:
     """``reelgate serve`` in its own process, configured through REELGATE_* variables."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
-                 start_timeout: float = 120) -> None:
+                 start_timeout: float = 120, fork: bool = True) -> None:
         self.data_dir = data_dir
+        # Forked from the tests' zygote (tests/launcher.py) unless the test needs the
+        # command's own interpreter start (`serve --workers N`: its supervisor spawns
+        # fresh interpreters anyway).
+        self.fork = fork
         self.start_timeout = start_timeout
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -68,21 +74,21 @@ class ServerProcess:
             "REELGATE_RECONCILE_INTERVAL_S": "0.5",
             **(env or {}),
         }
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | launcher.Launched | None = None
         self.log_path = data_dir / "server.log"
 
     def start(self, timeout: float = 30) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-            log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reelgate.cli", "serve", "--port", str(self.port),
-                 "--log-level", os.environ.get("REELGATE_TEST_SERVER_LOG", "warning")],
-                env=self.env,
-                stdout=log,
-                stderr=log,
-            )
+            with open(self.log_path, "ab") as log:  # the process has its own copy
+                self.proc = (launcher.popen if self.fork else subprocess.Popen)(
+                    [sys.executable, "-m", "reelgate.cli", "serve", "--port", str(self.port),
+                     "--log-level", os.environ.get("REELGATE_TEST_SERVER_LOG", "warning")],
+                    env=self.env,
+                    stdout=log,
+                    stderr=log,
+                )
             deadline = time.monotonic() + max(timeout, self.start_timeout)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -102,6 +108,7 @@ class ServerProcess:
                 time.sleep(0.05)
             else:
                 break
+        assert self.proc is not None
         self.proc.kill()  # never leave a half-started server behind
         self.proc.wait()
         raise RuntimeError("server did not start")
@@ -116,8 +123,8 @@ class ServerProcess:
                 self.proc.wait()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "reelgate.cli", *args], env=self.env,
-                              capture_output=True, text=True, timeout=180)
+        return launcher.run([sys.executable, "-m", "reelgate.cli", *args], env=self.env,
+                            timeout=180)
 
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``reelgate keys ...`` / ``reelgate accounts ...`` run in this process, for setup.
@@ -415,17 +422,17 @@ class WorkerProcess:
         self.data_dir = data_dir
         self.env = env
         self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | launcher.Launched | None = None
         self.log_path = data_dir / f"worker-{id(self)}.log"
 
     def start(self) -> WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reelgate.cli", "worker", "--log-level",
-             os.environ.get("REELGATE_TEST_WORKER_LOG", "info"), *self.args],
-            env=self.env, stdout=log, stderr=log,
-        )
+        with open(self.log_path, "ab") as log:  # the process has its own copy
+            self.proc = launcher.popen(
+                [sys.executable, "-m", "reelgate.cli", "worker", "--log-level",
+                 os.environ.get("REELGATE_TEST_WORKER_LOG", "info"), *self.args],
+                env=self.env, stdout=log, stderr=log,
+            )
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from reelgate.media.video import probe_video
+from tests import launcher
 from tests.conftest import ImageServer, ServerProcess, make_image
 
 ID = re.compile(r"^[0-9a-f]{32}$")
@@ -34,8 +35,8 @@ def run_cli(*args: str, url: str | None = None, key: str | None = None,
     if key:
         env["REELGATE_API_KEY"] = key
     env |= extra_env or {}
-    return subprocess.run([sys.executable, "-m", "reelgate.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return launcher.run([sys.executable, "-m", "reelgate.cli", *args], env=env, cwd=cwd,
+                        timeout=timeout)
 
 
 @pytest.fixture(scope="module")

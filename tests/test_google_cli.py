@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import launcher
 from tests.fake_google import FakeGoogle, write_service_account
 
 
@@ -24,10 +24,9 @@ def fake() -> Iterator[FakeGoogle]:
 
 def doctor(env: dict[str, str], tmp_path: Path) -> tuple[int, dict]:  # type: ignore[type-arg]
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REELGATE_")}
-    out = subprocess.run(
+    out = launcher.run(
         [sys.executable, "-m", "reelgate.backends.google.cli", "doctor", "--json"],
-        env={**clean, "REELGATE_DATA_DIR": str(tmp_path), **env},
-        capture_output=True, text=True, timeout=60)
+        env={**clean, "REELGATE_DATA_DIR": str(tmp_path), **env}, timeout=60)
     assert out.stdout, out.stderr
     return out.returncode, json.loads(out.stdout)
 
@@ -79,8 +78,7 @@ def test_doctor_vertex_service_account_and_express(fake: FakeGoogle, tmp_path: P
 
 def test_doctor_without_configuration_says_what_to_set(tmp_path: Path) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REELGATE_")}
-    out = subprocess.run([sys.executable, "-m", "reelgate.backends.google.cli", "doctor"],
-                         env={**clean, "REELGATE_DATA_DIR": str(tmp_path)},
-                         capture_output=True, text=True, timeout=60)
+    out = launcher.run([sys.executable, "-m", "reelgate.backends.google.cli", "doctor"],
+                       env={**clean, "REELGATE_DATA_DIR": str(tmp_path)}, timeout=60)
     assert out.returncode == 2
     assert "REELGATE_GOOGLE_API_KEY" in out.stderr

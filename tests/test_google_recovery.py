@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from reelgate.backends.google.backend import UpstreamRef
+from tests import launcher
 from tests.conftest import ServerProcess, wait_until_done
 from tests.fake_google import FakeGoogle, make_video, write_service_account
 
@@ -137,8 +137,8 @@ def test_failover_when_a_channel_answers_429(start_server, fake: FakeGoogle,  # 
     assert {r.key for r in fake.calls("poll")} == {"key-b"}
 
     # The admin command shows the pool's state as the server left it.
-    out = subprocess.run([sys.executable, "-m", "reelgate.backends.google.cli", "channels",
-                          "--json"], env=srv.env, capture_output=True, text=True, timeout=60)
+    out = launcher.run([sys.executable, "-m", "reelgate.backends.google.cli", "channels",
+                        "--json"], env=srv.env, timeout=60)
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)["channels"]}
     assert rows["a"]["health"] == "cooling" and "429" in rows["a"]["last_error"]

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests import launcher
 from tests.conftest import ServerProcess, make_image
 
 try:
@@ -346,7 +347,6 @@ def test_cli_shows_denoising_progress(srv: ServerProcess, tmp_path: Path) -> Non
     line per change when stderr is not a terminal). This model also runs with diffusers'
     First Block Cache hook enabled."""
     import re
-    import subprocess
     import sys
 
     _, c = funded(srv, "cli")
@@ -354,10 +354,10 @@ def test_cli_shows_denoising_progress(srv: ServerProcess, tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("REELGATE_")}
     env |= {"REELGATE_BASE_URL": srv.base_url, "REELGATE_API_KEY": key,
             "XDG_CONFIG_HOME": str(tmp_path / ".no-config")}
-    out = subprocess.run(
+    out = launcher.run(
         [sys.executable, "-m", "reelgate.cli", "generate", "a small car", "--model",
          "local/wan-mid", "-d", "4", "-o", str(tmp_path / "car.mp4"), "--poll-interval",
-         "0.05"], env=env, capture_output=True, text=True, timeout=300)
+         "0.05"], env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     steps = [int(m) for m in re.findall(r"step (\d+)/40", out.stderr)]
     assert len(steps) >= 2 and steps == sorted(steps) and steps[-1] == 40, out.stderr

@@ -33,7 +33,8 @@ START_TIMEOUT_S = 120
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path_factory.mktemp("workers2"), {
         **WORKERS_ENV, "REELGATE_POLICY_BLOCKLIST": "forbidden thing,badword",
-        "REELGATE_SYNC_TIMEOUT_S": "120"}, start_timeout=START_TIMEOUT_S).start()
+        "REELGATE_SYNC_TIMEOUT_S": "120"}, start_timeout=START_TIMEOUT_S,
+        fork=False).start()  # the real `python -m reelgate.cli` start, as documented
     yield srv
     srv.stop()
 
@@ -55,7 +56,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     def _start(env: dict[str, str] | None = None, data_dir: Path | None = None) -> ServerProcess:
         srv = ServerProcess(data_dir or tmp_path / f"data{len(started)}",
-                            {**WORKERS_ENV, **(env or {})}, start_timeout=START_TIMEOUT_S)
+                            {**WORKERS_ENV, **(env or {})}, start_timeout=START_TIMEOUT_S,
+                            fork=False)
         started.append(srv)
         return srv.start()
 

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 def split_list(v: object) -> object:
@@ -33,10 +39,34 @@ def settings_file() -> str | None:
     return os.environ.get("REELGATE_SETTINGS_FILE") or None
 
 
-class Settings(BaseSettings):
+class ReelgateSettings(BaseSettings):
+    """Base of every settings class: its values come from the environment and from the file
+    REELGATE_SETTINGS_FILE names, both read when an instance is made. (A file named in
+    ``model_config`` would be the one named when the class was defined, at import: wrong
+    for a process whose environment is set after its imports, as the tests' forked
+    commands are.) ``_env_file=...`` passed to the constructor still wins."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = settings_file()
+        if path and isinstance(dotenv_settings, DotEnvSettingsSource) \
+                and dotenv_settings.env_file is None:
+            # The rest (prefix, encoding, ...) from the class's model_config, as the
+            # source it replaces had them.
+            dotenv_settings = DotEnvSettingsSource(settings_cls, env_file=path)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+
+class Settings(ReelgateSettings):
     model_config = SettingsConfigDict(
         env_prefix="REELGATE_",
-        env_file=settings_file(),
         env_file_encoding="utf-8",
         extra="ignore",
     )

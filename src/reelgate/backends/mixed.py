@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from reelgate.backends.base import Backend, BackendBase, BackendError, Capabilities, Job
 from reelgate.backends.google.channels import ChannelPool, NoChannel
 from reelgate.backends.registry import NotConfigured, Resolve, register
-from reelgate.settings import settings_file
+from reelgate.settings import ReelgateSettings
 
 if TYPE_CHECKING:
     from reelgate.settings import Settings
@@ -52,9 +52,9 @@ class MixMember(BaseModel):
         return "mix"
 
 
-class MixSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REELGATE_MIX_", env_file=settings_file(),
-                                      env_file_encoding="utf-8", extra="ignore")
+class MixSettings(ReelgateSettings):
+    model_config = SettingsConfigDict(env_prefix="REELGATE_MIX_", env_file_encoding="utf-8",
+                                      extra="ignore")
 
     members: list[MixMember] = Field(default_factory=list)
     # How long a member that failed retryably is passed over.

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from reelgate.backends.base import Backend, BackendBase, BackendError, Job
 from reelgate.backends.google.channels import ChannelPool, NoChannel
 from reelgate.backends.registry import NotConfigured, Resolve, register
-from reelgate.settings import settings_file
+from reelgate.settings import ReelgateSettings
 
 if TYPE_CHECKING:
     from reelgate.settings import Settings
@@ -73,9 +73,9 @@ class UpstreamChannel(BaseModel):
         return v
 
 
-class V3UpstreamSettings(BaseSettings):
+class V3UpstreamSettings(ReelgateSettings):
     model_config = SettingsConfigDict(env_prefix="REELGATE_V3_UPSTREAM_",
-                                      env_file=settings_file(), env_file_encoding="utf-8",
+                                      env_file_encoding="utf-8",
                                       extra="ignore")
 
     # The pool as JSON: [{"name", "base_url", "api_key", "weight", ...}, ...].

@@ -45,13 +45,21 @@ class DecodeBudget:
     A request larger than the whole budget still runs, alone, so one near-limit image is
     never refused by the budget, only made to wait until nothing else is decoding."""
 
-    def __init__(self, capacity: int, *, shared: tuple[Any, Any] | None = None) -> None:
-        self.capacity = max(1, capacity)
+    def __init__(self, capacity: int | None, *, shared: tuple[Any, Any] | None = None) -> None:
+        # None: REELGATE_IMAGE_DECODE_BUDGET_MB, read when first needed.
+        self._capacity = None if capacity is None else max(1, capacity)
         if shared is None:
             self._cond: Any = threading.Condition()
             self._used: Any = _Counter()
         else:
             self._cond, self._used = shared
+
+    @property
+    def capacity(self) -> int:
+        if self._capacity is None:
+            mb = int(os.environ.get("REELGATE_IMAGE_DECODE_BUDGET_MB", "256"))
+            self._capacity = max(1, mb * 1024 * 1024)
+        return self._capacity
 
     def share(self) -> tuple[int, Any, Any]:
         """Switch to a lock and counter that child processes can use too, and return what
@@ -86,10 +94,11 @@ class _Counter:
 
 
 # 256 MiB: one 50-megapixel RGBA frame (200 MB) fits; two do not, so the largest inputs are
-# decoded one at a time. REELGATE_IMAGE_DECODE_BUDGET_MB changes it (read once at import:
-# the budget belongs to the process, and to the render processes it shares it with).
-DECODE_BUDGET = DecodeBudget(int(os.environ.get("REELGATE_IMAGE_DECODE_BUDGET_MB", "256"))
-                             * 1024 * 1024)
+# decoded one at a time. REELGATE_IMAGE_DECODE_BUDGET_MB changes it (read once, at the first
+# decode rather than at import, so a process whose environment is set after its imports
+# gets its own: the budget belongs to the process, and to the render processes it shares
+# it with).
+DECODE_BUDGET = DecodeBudget(None)
 
 
 def adopt_budget(capacity: int, cond: Any, used: Any) -> None:

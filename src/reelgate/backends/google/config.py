@@ -12,10 +12,10 @@ from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from reelgate import catalog
-from reelgate.settings import settings_file, split_list
+from reelgate.settings import ReelgateSettings, split_list
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -115,10 +115,9 @@ class ChannelConfig(BaseModel):
         return v
 
 
-class GoogleSettings(BaseSettings):
+class GoogleSettings(ReelgateSettings):
     model_config = SettingsConfigDict(
         env_prefix="REELGATE_GOOGLE_",
-        env_file=settings_file(),
         env_file_encoding="utf-8",
         extra="ignore",
     )

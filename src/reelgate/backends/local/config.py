@@ -33,19 +33,18 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from reelgate import catalog
-from reelgate.settings import settings_file
+from reelgate.settings import ReelgateSettings
 
 
-class LocalSettings(BaseSettings):
+class LocalSettings(ReelgateSettings):
     """Like every backend folder's settings (google/config.py is the template): its own
     prefix, the same settings file as the main settings (``REELGATE_SETTINGS_FILE``)."""
 
     model_config = SettingsConfigDict(
         env_prefix="REELGATE_LOCAL_",
-        env_file=settings_file(),
         env_file_encoding="utf-8",
         extra="ignore",
     )

@@ -9,17 +9,16 @@ from __future__ import annotations
 from functools import lru_cache
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from reelgate.settings import settings_file
+from reelgate.settings import ReelgateSettings
 
 __all__ = ["SandboxSettings", "load_sandbox_settings"]
 
 
-class SandboxSettings(BaseSettings):
+class SandboxSettings(ReelgateSettings):
     model_config = SettingsConfigDict(
         env_prefix="REELGATE_SANDBOX_",
-        env_file=settings_file(),
         env_file_encoding="utf-8",
         extra="ignore",
     )

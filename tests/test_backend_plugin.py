@@ -28,7 +28,9 @@ def test_a_backend_from_a_module_serves_a_model_end_to_end(
         "REELGATE_MODEL_BACKENDS": json.dumps({"veo3.1-fast": "echo"}),
         "REELGATE_FREE_BACKENDS": "",
         "REELGATE_ECHO_PRICE_PER_SECOND": "25000",
-        "REELGATE_ECHO_TIMEOUT_S": "2",
+        # Long enough for a 720p encode on a busy machine (2 s was not, once), short enough
+        # for the hung job below to fail soon.
+        "REELGATE_ECHO_TIMEOUT_S": "8",
     })
     key = srv.create_key("echo-user")
     assert srv.cli("accounts", "credit", "echo-user", "5").returncode == 0

@@ -350,8 +350,7 @@ async def run_once(backend: Backend, job: Job, tmp_path: Path) -> Any:
     """Store ``job`` as a prediction and run it through the real Runner; the row after."""
     from reelgate.jobs.notify import LocalNotifier
     from reelgate.jobs.runner import Runner
-    from reelgate.media.storage import build_storage
-    from reelgate.media.storage import UrlSigner
+    from reelgate.media.storage import UrlSigner, build_storage
     from reelgate.store import migrate
     from reelgate.store.db import create_engine
     from reelgate.store.repo import Store, new_id

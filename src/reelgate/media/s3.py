@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -24,10 +23,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from reelgate.media.storage import (
-    Storage,
     StorageKeyMissing,
     TooLarge,
-    UrlSigner,
     _safe_key,
 )
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from datetime import UTC, datetime
 from collections.abc import Hashable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text

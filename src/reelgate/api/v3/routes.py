@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from reelgate import intake
 from reelgate.api.auth import require_key
-from reelgate.api.hotpath import HotRoute
 from reelgate.api.deps import base_url, json_body, optional_json_body, services_of
+from reelgate.api.hotpath import HotRoute
 from reelgate.api.v3.history import (
     MAX_PAGE,
     HistoryBody,

@@ -289,16 +289,8 @@ def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
     proc = popen(cmd, env=env, cwd=cwd, stdout=pipe, stderr=pipe)
     out: bytes | None
     err: bytes | None
-    if isinstance(proc, subprocess.Popen):
-        with proc:
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                raise
-            code = proc.wait()
-    else:
+    # A plain Popen is closed as subprocess.run closes it; a forked one has nothing to close.
+    with proc if isinstance(proc, subprocess.Popen) else contextlib.nullcontext():
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

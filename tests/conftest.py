@@ -22,8 +22,9 @@ from PIL import Image
 
 from tests import launcher
 
-# The fake S3 server's fixtures (s3_endpoint, s3_admin, bucket), for every test module.
-pytest_plugins = ["tests.fake_s3"]
+# The fake S3 server's fixtures (s3_endpoint, s3_admin, bucket), for every test module, and
+# how a parallel run hands tests to its workers.
+pytest_plugins = ["tests.fake_s3", "tests.scheduling"]
 
 # Images are served from 127.0.0.2 and only that address is allow-listed, so 127.0.0.1
 # stays a refused private address in the same server.
@@ -528,27 +529,3 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     r = PrivateRedis(tmp_path / "redis").start()
     yield r
     r.stop()
-
-
-# --- parallel runs (pytest-xdist, see addopts in pyproject.toml) ----------------------------
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that share a module-scoped fixture of their module (a configured server, a
-    browser, a fake upstream) go to one xdist worker, so the fixture is set up once rather
-    than once per worker. Order and outcome of the tests are unchanged; other tests are
-    spread over the workers one by one (``--dist loadgroup``)."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        module_path = str(item.path)
-        for defs in info.name2fixturedefs.values():
-            fixturedef = defs[-1]
-            func = getattr(fixturedef, "func", None)
-            code = getattr(func, "__code__", None)
-            if fixturedef.scope == "module" and code is not None \
-                    and code.co_filename == module_path:
-                item.add_marker(pytest.mark.xdist_group(item.path.stem))
-                break

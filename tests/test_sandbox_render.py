@@ -402,3 +402,54 @@ def test_check_video_rejects_what_we_cannot_deliver(tmp_path: Path, main_video: 
     with pytest.raises(InvalidVideo, match="not an MP4"):
         check_video(write(tmp_path / "h264.mkv", "matroska", "libx264"))
     assert check_video(write(tmp_path / "ok.mp4", "mp4", "libx264")).frames == 3
+
+
+def test_render_processes_end_when_the_server_dies_before_they_start(tmp_path: Path) -> None:
+    """A server killed while its render pool is still spawning leaves no render process
+    behind: each one ends by itself once it finds its server gone, even when it only
+    starts after the server has died."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import asyncio, os
+        from pathlib import Path
+        from reelgate.backends.base import Job
+        from reelgate.backends.sandbox.backend import SandboxBackend
+
+        async def main():
+            backend = SandboxBackend(processes=2, max_height=90)
+            job = Job(id="orphan", model="veo3.1-fast", scene="text-to-video",
+                      prompt="left behind", duration=4)
+            task = asyncio.ensure_future(backend.generate(job, Path({str(tmp_path)!r})))
+            await asyncio.sleep(0)  # the pool spawns its processes on the first submit
+            await asyncio.sleep(0.05)
+            print(*backend._pool._processes, flush=True)
+            os._exit(0)  # as if killed: no shutdown, the processes are still importing
+
+        asyncio.run(main())
+    """)
+    # Output to a file: a render process left behind would hold a pipe open.
+    log = tmp_path / "server.log"
+    with log.open("w") as f:
+        subprocess.run([sys.executable, "-c", script], stdout=f, stderr=f, timeout=60)
+    pids = [int(p) for p in log.read_text().split("\n", 1)[0].split() if p.isdigit()]
+    assert pids, log.read_text()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # A zombie waiting for its reaper counts as gone.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in pids if alive(p)]
+    for p in left:
+        os.kill(p, 9)
+    assert not left, f"render processes {left} outlived their server"

@@ -599,13 +599,16 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
-def _init_render_process(capacity: int, cond: object, used: object) -> None:
+def _init_render_process(server_pid: int, capacity: int, cond: object, used: object) -> None:
     # Renders are batch work; the server process answers people. Lower priority here keeps
     # the server's answers prompt when the CPUs are busy.
     with contextlib.suppress(OSError):
         os.nice(10)
     adopt_budget(capacity, cond, used)
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    # The server's pid comes from the server, not os.getppid(): a worker that starts after
+    # the server has already died (killed while its pool was spawning) would read its new
+    # parent (init) here and wait for that to change forever.
+    threading.Thread(target=_exit_with, args=(server_pid,), daemon=True).start()
 
 
 def _render_in_child(job: Job, out_path: Path, fps: int, max_height: int) -> None:
@@ -677,7 +680,7 @@ class SandboxBackend(BackendBase):
             # forked child would inherit in whatever state they were in.
             self._pool = ProcessPoolExecutor(
                 self.processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_render_process, initargs=self._budget,
+                initializer=_init_render_process, initargs=(os.getpid(), *self._budget),
             )
         return self._pool
 

@@ -170,7 +170,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-BASE_ENV = {"REELGATE_RUN_WORKERS": "false", "REELGATE_RATE_PER_MINUTE": "100000000",
+BASE_ENV = {"REELGATE_RUN_WORKERS": "false", "REELGATE_EVENT_LOOP": "asyncio",
+            "REELGATE_RATE_PER_MINUTE": "100000000",
             "REELGATE_MAX_CONCURRENT": "100000000", "REELGATE_LOG_FORMAT": "text"}
 CREATE_PATH = "/api/v3/google/veo3.1-fast/text-to-video"
 CREATE_BODY = {"prompt": "a benchmark of the create path", "duration": 4}
@@ -239,9 +240,11 @@ def bench_endpoints(seconds: float, concurrency: int, workdir: Path,
         targets: dict[str, tuple[str, dict[str, str], dict | None, int]] = {}
         if with_bare:
             bare_port = free_port()
+            # The same server stack as reelgate's: uvicorn on the same event loop.
             procs.append(start([sys.executable, "-m", "uvicorn", "bare_app:app", "--port",
                                 str(bare_port), "--log-level", "warning", "--app-dir",
-                                str(workdir)], env, workdir / "bare.log"))
+                                str(workdir), "--loop", BASE_ENV["REELGATE_EVENT_LOOP"]],
+                               env, workdir / "bare.log"))
             wait_up(f"http://127.0.0.1:{bare_port}/")
             targets["bare"] = (f"http://127.0.0.1:{bare_port}/", {}, None, procs[-1].pid)
         targets["healthz"] = (rg_url + "/healthz", {}, None, rg.pid)
@@ -405,7 +408,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS,
                         help="interleaved rounds per endpoint (the median is reported)")
     parser.add_argument("--skip", default="", help="comma list of: postgres,workers,sync")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="event loop of every server here, the bare app's too "
+                             "(REELGATE_EVENT_LOOP; asyncio is reelgate's default)")
     args = parser.parse_args()
+    BASE_ENV["REELGATE_EVENT_LOOP"] = args.loop
     REDIS_DB, WRK_THREADS, ROUNDS = args.redis_db, args.wrk_threads, args.rounds
     skip = set(args.skip.split(","))
     client = "wrk" if shutil.which("wrk") else "httpx (install wrk for a fair ceiling)"
@@ -414,7 +421,7 @@ def main() -> None:
         workdir = Path(tmp)
         r = out["sqlite"] = bench_endpoints(args.seconds, args.concurrency, workdir)
         print(f"(a) one API process, SQLite, {args.concurrency} connections, "
-              f"{args.seconds:g} s each, load by {client}:")
+              f"{args.seconds:g} s each, load by {client}, {args.loop} event loop:")
         for name in ("bare", "healthz", "poll", "create"):
             print(row({"bare": "bare ASGI (uvicorn)", "healthz": "reelgate /healthz",
                        "poll": "reelgate poll (GET result)",

@@ -83,7 +83,7 @@ def serve(
         uvicorn.run("reelgate.api.app:create_app_from_env", factory=True, workers=processes,
                     host=host, port=port, log_level=log_level, log_config=None,
                     timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 10,
-                    backlog=backlog)
+                    backlog=backlog, loop=settings.event_loop)
         return
     from reelgate.api.app import create_app
 

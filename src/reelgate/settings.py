@@ -13,7 +13,7 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -106,6 +106,12 @@ class Settings(ReelgateSettings):
     # exactly one of them (a file lock in the data dir picks it) and the processes wake
     # each other through Unix sockets in <data dir>/notify (jobs/siblings.py).
     serve_workers: int = 1
+    # The event loop `reelgate serve` runs on: "asyncio" (the standard library's), "uvloop",
+    # or "auto" (uvloop when installed, uvicorn's default). asyncio by default, measured
+    # (bench/bench_api.py, README): with 64 connections saturating one process, uvloop 0.23
+    # left some connections waiting (p99 160-320 ms against 23-32 ms on asyncio, for the same
+    # app and the same req/s within 5 %); uvicorn's own loop choice is otherwise the same.
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
     # Predictions run at once per process, by backend: each backend declares its number
     # (the sandbox: worker_concurrency; a local GPU: 1; Google and v3 relays mostly wait,
     # so their own settings allow a thousand); backend_concurrency overrides it by name.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        logging.getLogger("reelgate.api").info(
+            "serving on the %s event loop", "uvloop" if loop == "uvloop" else "asyncio")
         services = await Services.open(settings, webhook_payload=dialects.webhook_payload)
         app.state.services = services
         # Everything built so far (modules, routes, schemas, services) lives as long as the

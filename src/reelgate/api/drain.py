@@ -57,6 +57,7 @@ def run(app: FastAPI, settings: Settings, *, host: str, port: int, log_level: st
         # Long enough for the drain to answer every held request, then a margin.
         timeout_graceful_shutdown=int(settings.shutdown_drain_s) + 10,
         backlog=backlog,
+        loop=settings.event_loop,
     )
     DrainingServer(config, app).run()
 

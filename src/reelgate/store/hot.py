@@ -10,12 +10,17 @@ poll's time. Here:
   (readers see the last commit), so blocking the loop that long is cheaper than any hop.
 - PostgreSQL: a small asyncpg pool of its own: one round trip per read, no statement
   compilation, and none of the engine pool's pre-ping (a second round trip per checkout).
+  Readers queue for it first-come first-served (a semaphore as large as the pool), not in
+  the pool's own queue: there a freed connection goes to whichever reader asks first, and a
+  reader that was woken for it and lost it waits again at the back of the line (measured,
+  64 connections polling through a pool of 4: p99 370-460 ms with p50 under 20 ms).
 
 The SQL here is plain and indexed (primary keys, the unique key hash). Writes never go
 through this module."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import sqlite3
@@ -101,6 +106,7 @@ class HotReads:
         self.pg_pool_size = pg_pool_size
         self._sqlite: sqlite3.Connection | None = None
         self._pool: Any = None
+        self._fair = asyncio.Semaphore(max(1, pg_pool_size))
         # Decoded predictions by row version, least recently read first (Prediction is
         # frozen, so sharing one between requests is safe).
         self._decoded: dict[Hashable, Prediction] = {}
@@ -146,8 +152,9 @@ class HotReads:
             async with self.engine.connect() as conn:
                 return (await conn.execute(text(sql.format(
                     *(f":p{i}" for i in range(len(args))))), params)).first()
-        return await self._pool.fetchrow(
-            sql.format(*(f"${i + 1}" for i in range(len(args)))), *args)
+        async with self._fair:  # so the pool always has a connection free (see top)
+            return await self._pool.fetchrow(
+                sql.format(*(f"${i + 1}" for i in range(len(args)))), *args)
 
     async def prediction(self, prediction_id: str, account_id: str) -> Prediction | None:
         """The prediction as clients see it. Its inputs, lease, upstream handle, webhook,

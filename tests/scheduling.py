@@ -47,6 +47,7 @@ def defines_module_fixture(path: Path) -> bool:
     return False
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without xdist (-p no:xdist) does not know it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from xdist.scheduler import LoadScopeScheduling
 

@@ -345,15 +345,22 @@ class CreateBatcher:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="reelgate-creates")
         # PostgreSQL: each create is one statement on the process's own engine, run in
         # AUTOCOMMIT (see insert_one_statement): no pool of its own, so a process stays
-        # within REELGATE_DB_POOL_SIZE + _DB_MAX_OVERFLOW connections.
+        # within REELGATE_DB_POOL_SIZE + _DB_MAX_OVERFLOW connections. Creates queue for it
+        # first-come first-served, at most the pool's size at once (the overflow stays for
+        # the process's other queries): in the pool's own queue a freed connection goes to
+        # whichever create asks first, and one woken for it that lost it waits again at the
+        # back (measured, 64 connections creating: p99 400-690 ms, 128-184 ms with this).
+        size = getattr(engine.pool, "size", None)
+        self._fair = asyncio.Semaphore(max(1, size() if callable(size) else 5))
 
     async def submit(self, values: dict[str, Any], max_concurrent: int | None) -> str | None:
         """Store one new prediction; returns once it is committed, or raises its refusal.
         Returns None, or, when its Idempotency-Key was used already with the same request,
         the id of the prediction stored then (and nothing new is stored)."""
         if self._autocommit:
-            outcome = await insert_one_statement(self.engine,
-                                                 NewPrediction(values, max_concurrent))
+            async with self._fair:
+                outcome = await insert_one_statement(self.engine,
+                                                     NewPrediction(values, max_concurrent))
         else:
             outcome = await self._batched(values, max_concurrent)
         if isinstance(outcome, Earlier):

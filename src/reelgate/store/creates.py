@@ -349,7 +349,7 @@ class CreateBatcher:
         # first-come first-served, at most the pool's size at once (the overflow stays for
         # the process's other queries): in the pool's own queue a freed connection goes to
         # whichever create asks first, and one woken for it that lost it waits again at the
-        # back (measured, 64 connections creating: p99 400-690 ms, 128-184 ms with this).
+        # back (measured, 64 connections creating: p99 400-810 ms, 128-190 ms with this).
         size = getattr(engine.pool, "size", None)
         self._fair = asyncio.Semaphore(max(1, size() if callable(size) else 5))
 
